@@ -1,0 +1,199 @@
+"""The `dnsbl` command: a thin click client of the library.
+
+Exit codes, for every command (README, "Exit codes"): 0 success or a positive answer; 1 a negative
+answer (not listed, nothing matched, unhealthy, problems found); 2 an error (bad arguments,
+unreadable files, I/O). A DnsblError becomes one line on stderr and exit 2; a traceback is a bug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from functools import wraps
+from typing import Any, NoReturn
+
+import click
+
+from . import __version__
+from .addresses import Target, format_target, parse_code, parse_target, parse_when
+from .config import Settings, from_file, resolve_db, zone_name
+from .errors import DnsblError
+from .resolver import TXT_LIMIT
+from .store import Listing, Store
+
+EXIT_OK, EXIT_NEGATIVE, EXIT_ERROR = 0, 1, 2
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"dnsbl: error: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn our own errors into one line and exit 2."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except DnsblError as error:
+            fail(str(error))
+
+    return wrapper
+
+
+db_option = click.option("--db", "db", metavar="PATH", envvar="DNSBL_DB", show_envvar=True,
+                         help="SQLite database (default: see README)")
+
+
+@click.group()
+@click.version_option(__version__, prog_name="dnsbl-server")
+def main() -> None:
+    """dnsbl-server: a DNS blocklist server."""
+
+
+# --- serve ------------------------------------------------------------------------------------
+
+
+@main.command()
+@db_option
+@click.option("--zone", "zones", multiple=True, metavar="NAME", help="Serve this zone (repeatable; "
+              "created if missing). Default: every zone in the database.")
+@click.option("--listen", multiple=True, metavar="HOST:PORT",
+              help="Address to answer on, UDP and TCP (repeatable; [::1]:5300 for IPv6).")
+@click.option("--config", "config_path", metavar="FILE", help="TOML config file.")
+@click.option("--ttl", type=click.IntRange(0, 2**31 - 1), help="Answer TTL in seconds.")
+@click.option("--hide-version", is_flag=True, default=None, help="Refuse CHAOS version.bind.")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@guarded
+def serve(db: str | None, zones: Sequence[str], listen: Sequence[str], config_path: str | None,
+          ttl: int | None, hide_version: bool | None, verbose: int) -> None:
+    """Answer DNSBL queries for the zones in the database."""
+    from dataclasses import replace
+
+    from .daemon import serve as run
+
+    settings, config_db = from_file(config_path) if config_path else (Settings(), None)
+    overrides: dict[str, Any] = {"db": resolve_db(db, config_db)}
+    if zones:
+        overrides["zones"] = tuple(zone_name(z) for z in zones)
+    if listen:
+        from .config import parse_listen
+
+        for spec in listen:
+            parse_listen(spec)
+        overrides["listen"] = tuple(listen)
+    if hide_version is not None:
+        overrides["hide_version"] = hide_version
+    if ttl is not None:
+        defaults = replace(settings.zone_defaults, ttl=ttl)
+        overrides["zone_defaults"] = defaults
+        overrides["zone_settings"] = {n: replace(s, ttl=ttl) for n, s in settings.zone_settings.items()}
+    level = logging.WARNING - 10 * min(verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(run(replace(settings, **overrides)))
+
+
+# --- add / remove -----------------------------------------------------------------------------
+
+
+def open_store(db: str | None) -> Store:
+    return Store.open(resolve_db(db))
+
+
+def pick_zone(store: Store, zone: str | None, now: float, *, create: bool) -> str:
+    """A command that changes one zone: the one named (created if `create`), else the only one."""
+    if zone is not None:
+        name = zone_name(zone)
+        if create:
+            store.ensure_zone(name, now)
+        elif name not in store.zone_names():
+            raise DnsblError(f"no zone {name!r} (zones: {', '.join(store.zone_names()) or 'none'})")
+        return name
+    names = store.zone_names()
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise DnsblError("the database has no zone yet: give --zone NAME")
+    raise DnsblError(f"several zones, give --zone: {', '.join(names)}")
+
+
+def parse_targets(texts: Sequence[str], exclude: bool) -> list[Target]:
+    targets = [parse_target(t) for t in texts]
+    if exclude:
+        targets = [Target(t.family, t.lo, t.hi, True) for t in targets]
+    return targets
+
+
+def warn_long_reason(reason: str) -> None:
+    longest = reason.replace("$$", "$").replace("$", "x" * 39)  # the longest IPv6 text
+    if len(longest.encode()) > TXT_LIMIT:
+        click.echo(f"dnsbl: warning: the reason can expand to more than {TXT_LIMIT} bytes; "
+                   "answers cut it there, as rbldnsd does", err=True)
+
+
+@main.command()
+@db_option
+@click.option("--zone", metavar="NAME", help="Zone to change (created if missing). Default: the only zone.")
+@click.option("--code", default="2", show_default=True, metavar="127.0.0.N|N", help="A record value.")
+@click.option("--reason", default="", metavar="TEXT", help="TXT template: $ is the queried address.")
+@click.option("--expires", metavar="WHEN", help="90s, 2h, 7d, 1w or an ISO 8601 date (UTC).")
+@click.option("--source", default="manual", show_default=True, metavar="NAME")
+@click.option("--exclude", is_flag=True, help="Add exclusions (never listed), like !TARGET.")
+@click.argument("targets", nargs=-1, required=True)
+@guarded
+def add(db: str | None, zone: str | None, code: str, reason: str, expires: str | None, source: str,
+        exclude: bool, targets: Sequence[str]) -> None:
+    """Add or update TARGETs: addresses, CIDRs, start-end ranges, or !TARGET exclusions."""
+    now = time.time()
+    listings = [Listing(t, parse_code(code), reason,
+                        parse_when(expires, now=now) if expires else None)
+                for t in parse_targets(targets, exclude)]
+    check_source(source)
+    store = open_store(db)
+    name = pick_zone(store, zone, now, create=True)
+    warn_long_reason(reason)
+    count = store.add(name, listings, source=source, now=now)
+    click.echo(f"{count} entr{'y' if count == 1 else 'ies'} written to {name}")
+
+
+def check_source(source: str) -> None:
+    if not source or len(source) > 64 or any(c.isspace() for c in source):
+        raise DnsblError(f"invalid source {source!r}: a short name without spaces, like trap:bounce")
+
+
+@main.command()
+@db_option
+@click.option("--zone", metavar="NAME", help="Zone to change. Default: the only zone.")
+@click.option("--source", metavar="NAME", help="Only entries of this source (and its sub-sources).")
+@click.option("--exclude", is_flag=True, help="TARGETs are exclusions, like !TARGET.")
+@click.argument("targets", nargs=-1, required=True)
+@guarded
+def remove(db: str | None, zone: str | None, source: str | None, exclude: bool,
+           targets: Sequence[str]) -> None:
+    """Remove entries whose target is exactly TARGET (exit 1 if nothing matched)."""
+    now = time.time()
+    parsed = parse_targets(targets, exclude)
+    store = open_store(db)
+    name = pick_zone(store, zone, now, create=False)
+    removed = store.remove(name, parsed, source=source, now=now)
+    for target, src in removed:
+        click.echo(f"removed {target} ({src}) from {name}")
+    for target in parsed:
+        if not any(r[0] == format_target(target) for r in removed):
+            explain_not_removed(store, name, target)
+    sys.exit(EXIT_OK if removed else EXIT_NEGATIVE)
+
+
+def explain_not_removed(store: Store, zone: str, target: Target) -> None:
+    covering = store.covering(zone, target)
+    if covering:
+        names = ", ".join(f"{e.key[0]} ({e.key[1]})" for e in covering)
+        click.echo(f"{format_target(target)}: no such entry; it is covered by {names}. To stop "
+                   f"listing it, add an exclusion: dnsbl add --zone {zone} --exclude "
+                   f"{format_target(target)}", err=True)
+    else:
+        click.echo(f"{format_target(target)}: no such entry in {zone}", err=True)

@@ -1,0 +1,194 @@
+"""The pure resolver: question + zones + time -> answer. Every DNSBL decision is made here.
+
+No sockets, clocks, loggers or dnslib objects: the wire module turns bytes into a `Question` and an
+`Answer` back into bytes. DNS outcomes are values (rcodes), never exceptions.
+
+Decisions, in order (RFC 1035, 2308, 5782):
+1. opcode other than QUERY: NOTIMP.
+2. class CHAOS: `version.bind`/`version.server` TXT (unless hidden), else REFUSED. Other non-IN: REFUSED.
+3. a name in no served zone: REFUSED.
+4. the apex: SOA, NS (ANY gives both); other types NODATA.
+5. a full address name (4 octets, or 32 nibbles; IPv4-mapped IPv6 answers from IPv4 data):
+   listed -> A / TXT / ANY (both), other types NODATA; not listed -> NXDOMAIN.
+   RFC 5782 test points in zones with a SQLite list: 127.0.0.2 listed, 127.0.0.1 never.
+6. a partial address name (QNAME minimisation) above a listed address: NODATA; else NXDOMAIN.
+Negative answers carry the SOA in authority with TTL min(SOA TTL, minimum) (RFC 2308 section 5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .addresses import MAPPED_BASE, V4_MAX, format_address, query_address, v4_prefix, v6_prefix
+from .index import Entry
+from .zone import Zone, Zones
+
+# RR types and classes, rcodes (RFC 1035 3.2.2-3.2.4, 4.1.1)
+A, NS, SOA, TXT, AAAA, ANY = 1, 2, 6, 16, 28, 255
+IN, CH = 1, 3
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+
+TEST_LISTED = 0x7F000002  # 127.0.0.2
+TEST_UNLISTED = 0x7F000001  # 127.0.0.1
+TXT_LIMIT = 255  # one <character-string>; rbldnsd cuts expanded texts here too
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    name: str  # as asked: case preserved, no trailing dot ("" is the root)
+    qtype: int
+    qclass: int = IN
+    opcode: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    name: str
+    rtype: int
+    ttl: int
+    data: object  # A: dotted str; NS: name; TXT: str; SOA: Soa
+    rclass: int = IN
+
+
+@dataclass(frozen=True, slots=True)
+class Soa:
+    mname: str
+    rname: str
+    serial: int
+    refresh: int
+    retry: int
+    expire: int
+    minimum: int
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    rcode: int
+    answer: tuple[Record, ...] = ()
+    authority: tuple[Record, ...] = ()
+    authoritative: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    version: str | None = None  # None hides it (`--hide-version`)
+
+
+def resolve(question: Question, zones: Zones, now: float, options: Options = Options()) -> Answer:
+    if question.opcode != 0:
+        return Answer(NOTIMP, authoritative=False)
+    if question.qclass == CH:
+        return _chaos(question, options)
+    if question.qclass not in (IN, ANY):
+        return Answer(REFUSED, authoritative=False)
+    labels = question.name.split(".") if question.name else []
+    found = zones.find(labels)
+    if found is None:
+        return Answer(REFUSED, authoritative=False)
+    zone, rel = found
+    if not rel:
+        return _apex(question, zone)
+    return _address(question, zone, rel, now)
+
+
+def _chaos(question: Question, options: Options) -> Answer:
+    if question.name.lower() in ("version.bind", "version.server") and question.qtype in (TXT, ANY):
+        if options.version is not None:
+            record = Record(question.name, TXT, 0, options.version, rclass=CH)
+            return Answer(NOERROR, (record,))
+    return Answer(REFUSED, authoritative=False)
+
+
+# --- the apex ---------------------------------------------------------------------------------
+
+
+def soa_record(zone: Zone, ttl: int | None = None) -> Record:
+    s = zone.settings
+    mname, rname = s.soa_names(zone.name)
+    soa = Soa(mname, rname, zone.serial, s.refresh, s.retry, s.expire, s.minimum)
+    return Record(zone.name, SOA, s.ttl if ttl is None else ttl, soa)
+
+
+def _negative(zone: Zone, rcode: int) -> Answer:
+    return Answer(rcode, (), (soa_record(zone, zone.settings.negative_ttl),))
+
+
+def _apex(question: Question, zone: Zone) -> Answer:
+    ns = tuple(Record(question.name, NS, zone.settings.ttl, n)
+               for n in zone.settings.name_servers(zone.name))
+    soa = soa_record(zone)
+    soa = Record(question.name, SOA, soa.ttl, soa.data)
+    records = {SOA: (soa,), NS: ns, ANY: (soa, *ns)}.get(question.qtype)
+    return Answer(NOERROR, records) if records else _negative(zone, NOERROR)
+
+
+# --- address names ----------------------------------------------------------------------------
+
+
+def _address(question: Question, zone: Zone, rel: list[str], now: float) -> Answer:
+    address = query_address(rel)
+    if address is None:
+        return _negative(zone, NOERROR if _partial_listed(zone, rel, now) else NXDOMAIN)
+    family, value = address
+    listings = listings_for(zone, family, value, now)
+    if not listings:
+        return _negative(zone, NXDOMAIN)
+    records = _records(question, zone, listings, format_address(family, value))
+    return Answer(NOERROR, records) if records else _negative(zone, NOERROR)
+
+
+def listings_for(zone: Zone, family: int, value: int, now: float) -> tuple[Entry, ...]:
+    """What answers for one address in this zone, test points included."""
+    if zone.test_points and family == 4 and value in (TEST_LISTED, TEST_UNLISTED):
+        return (_test_point(zone),) if value == TEST_LISTED else ()
+    return zone.index.lookup(family, value, now)
+
+
+def _test_point(zone: Zone) -> Entry:
+    text = f"Test point: 127.0.0.2 is always listed in {zone.name} (RFC 5782)"
+    return Entry(("127.0.0.2", "rfc5782"), 4, TEST_LISTED, TEST_LISTED, False, TEST_LISTED, text)
+
+
+def _partial_listed(zone: Zone, rel: list[str], now: float) -> bool:
+    """Is the name an empty non-terminal: a prefix of some listed address's name?"""
+    spans = []
+    v4 = v4_prefix(rel)
+    if v4:
+        spans.append((4, *v4))
+    v6 = v6_prefix(rel)
+    if v6:
+        spans.append((6, *v6))
+        lo, hi = max(v6[0], MAPPED_BASE), min(v6[1], MAPPED_BASE | V4_MAX)
+        if lo <= hi:  # the part of the span that maps IPv4 addresses answers from IPv4 data
+            spans.append((4, lo - MAPPED_BASE, hi - MAPPED_BASE))
+    return any(_span_listed(zone, f, lo, hi, now) for f, lo, hi in spans)
+
+
+def _span_listed(zone: Zone, family: int, lo: int, hi: int, now: float) -> bool:
+    if zone.test_points and family == 4 and lo <= TEST_LISTED <= hi:
+        return True
+    return zone.index.any_listed(family, lo, hi, now)
+
+
+def expand(template: str, address: str) -> str:
+    """rbldnsd's TXT template: `$` is the queried address, `$$` a dollar; cut at 255 bytes."""
+    text = "$".join(part.replace("$", address) for part in template.split("$$"))
+    return truncate_txt(text)
+
+
+def truncate_txt(text: str) -> str:
+    data = text.encode()
+    if len(data) <= TXT_LIMIT:
+        return text
+    return data[:TXT_LIMIT].decode(errors="ignore")
+
+
+def _records(question: Question, zone: Zone, listings: tuple[Entry, ...], address: str) -> tuple[Record, ...]:
+    ttl, name, out = zone.settings.ttl, question.name, []
+    if question.qtype in (A, ANY):
+        codes = sorted({e.code for e in listings})
+        out += [Record(name, A, ttl, format_address(4, c)) for c in codes]
+    if question.qtype in (TXT, ANY):
+        texts = dict.fromkeys(expand(e.reason, address) for e in sorted(listings, key=lambda e: e.code) if e.reason)
+        out += [Record(name, TXT, ttl, t) for t in texts]
+    return tuple(out)

@@ -1,0 +1,133 @@
+"""The asyncio adapters: UDP and TCP sockets in, `wire.respond` out. No DNS decisions here.
+
+Rules: a packet never kills the server (an unexpected error is logged, answered SERVFAIL and counted);
+TCP carries many queries per connection, answered in order, and closes after IDLE_TIMEOUT of silence
+(RFC 7766 section 6.2.3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import wire
+from .config import parse_listen
+from .resolver import Answer, Options, Question, resolve
+from .zone import Zones
+
+log = logging.getLogger("dnsbl.server")
+IDLE_TIMEOUT = 30.0
+
+
+@dataclass
+class Counters:
+    """Plain integers, cheap on the hot path; read elsewhere."""
+
+    udp: int = 0
+    tcp: int = 0
+    dropped: int = 0
+    errors: int = 0
+
+
+class Holder:
+    """The one place the current zones live; replaced by a single assignment."""
+
+    def __init__(self, zones: Zones) -> None:
+        self.zones = zones
+
+
+class Handler:
+    def __init__(self, holder: Holder, options: Options, udp_cap: int = wire.UDP_CAP,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.holder = holder
+        self.options = options
+        self.udp_cap = udp_cap
+        self.clock = clock
+        self.counters = Counters()
+
+    def _resolve(self, question: Question) -> Answer:
+        return resolve(question, self.holder.zones, self.clock(), self.options)
+
+    def __call__(self, data: bytes, udp: bool) -> bytes | None:
+        try:
+            reply = wire.respond(data, self._resolve, udp=udp, udp_cap=self.udp_cap)
+        except Exception:
+            self.counters.errors += 1
+            log.exception("error answering a %d-byte query", len(data))
+            reply = wire.servfail(data)
+        if reply is None:
+            self.counters.dropped += 1
+        return reply
+
+
+class UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.handler.counters.udp += 1
+        reply = self.handler(data, True)
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp error: %s", exc)
+
+
+class TcpProtocol(asyncio.Protocol):
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.framer = wire.Framer()
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._arm()
+
+    def _arm(self) -> None:
+        if self.timer:
+            self.timer.cancel()
+        assert self.transport is not None
+        self.timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self.transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        self._arm()
+        for message in self.framer.feed(data):
+            self.handler.counters.tcp += 1
+            reply = self.handler(message, False)
+            if reply is not None and self.transport is not None:
+                self.transport.write(wire.frame(reply))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer:
+            self.timer.cancel()
+
+
+async def listen(handler: Handler, spec: str) -> tuple[list[asyncio.BaseTransport | asyncio.Server], str]:
+    """Bind UDP and TCP on one address; port 0 picks a port free for both. Returns what to close."""
+    host, port = parse_listen(spec)
+    loop = asyncio.get_running_loop()
+    for _ in range(20):
+        udp, _proto = await loop.create_datagram_endpoint(lambda: UdpProtocol(handler),
+                                                          local_addr=(host, port))
+        bound = udp.get_extra_info("sockname")[1]
+        try:
+            tcp = await loop.create_server(lambda: TcpProtocol(handler), host, bound,
+                                           reuse_address=True, backlog=512)
+        except OSError:
+            udp.close()
+            if port:
+                raise
+            continue
+        shown = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+        return [udp, tcp], shown
+    raise OSError(f"no port free for both UDP and TCP on {host}")
+

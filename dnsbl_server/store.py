@@ -1,0 +1,287 @@
+"""The list in SQLite: all SQL lives here. sqlite-utils wraps the connection; the schema is in
+migrations.py.
+
+Rules:
+- WAL mode, so the server reads while the CLI and the ingester write; writers take the write lock up
+  front (BEGIN IMMEDIATE) and wait for it (busy timeout), so no "database is locked" reaches a user.
+- Every write is one transaction: all of it lands or none.
+- Every change is journalled in `changes` (the server follows it to update its index) and moves the
+  zone's serial forward. The serial is never lower than it was: `serial()` also counts entries that
+  expired since the last write, so an expiry moves it at its own moment, before anything purges it.
+- An entry is identified by (zone, canonical target, source); writing it again updates it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+from .addresses import Target, format_target, parse_target
+from .errors import StoreError
+from .index import Entry
+from .migrations import migrate
+from .resolver import TEST_LISTED, TEST_UNLISTED
+
+BUSY_TIMEOUT_S = 30.0
+SERIAL_MAX = (1 << 32) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """What a writer asks for: one target with its values."""
+
+    target: Target
+    code: int
+    reason: str = ""
+    expires: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneRow:
+    name: str
+    serial: int
+    changed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    seq: int
+    zone: str
+    target: str | None
+    source: str | None
+    op: str
+
+
+def check_test_points(target: Target) -> None:
+    """RFC 5782: 127.0.0.1 must never be listed and 127.0.0.2 always is."""
+    if target.family != 4:
+        return
+    if not target.excluded and target.lo <= TEST_UNLISTED <= target.hi:
+        raise StoreError(f"refusing to list {format_target(target)}: it covers 127.0.0.1, "
+                         "the RFC 5782 test point that must never be listed")
+    if target.excluded and target.lo <= TEST_LISTED <= target.hi:
+        raise StoreError(f"refusing to exclude {format_target(target)}: it covers 127.0.0.2, "
+                         "the RFC 5782 test point that must always be listed")
+
+
+def _width(family: int) -> int:
+    return 4 if family == 4 else 16
+
+
+def entry_from_row(row: Sequence[object]) -> Entry:
+    target, source, family, lo, hi, excluded, code, reason, expires = row
+    return Entry(
+        (str(target), str(source)), int(family),  # type: ignore[call-overload]
+        int.from_bytes(lo, "big"), int.from_bytes(hi, "big"),  # type: ignore[arg-type]
+        bool(excluded), int(code), str(reason), expires,  # type: ignore[call-overload,arg-type]
+    )
+
+
+ENTRY_COLUMNS = "target, source, family, lo, hi, excluded, code, reason, expires"
+
+
+def source_clause(source: str) -> tuple[str, list[str]]:
+    """`trap` matches `trap` and `trap:anything` (sources are hierarchical with `:`)."""
+    return "(source = ? OR source LIKE ? ESCAPE '\\')", [source, _like_escape(source) + ":%"]
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class Store:
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> Store:
+        target = Path(path)
+        if not create and not target.exists():
+            raise StoreError(f"{target}: no such database")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                   check_same_thread=False)
+            store = cls(conn, str(target))
+            store.db.enable_wal()
+            conn.execute("PRAGMA synchronous = NORMAL")  # durable in WAL mode across app crashes
+            migrate(conn)
+        except (OSError, sqlite3.Error) as error:
+            raise StoreError(f"{target}: cannot open database: {error}") from None
+        return store
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as error:
+            raise StoreError(f"{self.path}: cannot start a write: {error}") from None
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as error:
+            self.conn.execute("ROLLBACK")
+            raise StoreError(f"{self.path}: write failed: {error}") from None
+
+    # --- zones ------------------------------------------------------------------------------
+
+    def zones(self) -> list[ZoneRow]:
+        rows = self.conn.execute("SELECT name, serial, changed_at FROM zones ORDER BY name")
+        return [ZoneRow(*row) for row in rows]
+
+    def zone_names(self) -> list[str]:
+        return [z.name for z in self.zones()]
+
+    def ensure_zone(self, name: str, now: float) -> bool:
+        """Create the zone if missing; True if it was created."""
+        if self._zone(name) is not None:
+            return False
+        with self.transaction():
+            cur = self.conn.execute(
+                "INSERT OR IGNORE INTO zones (name, serial, changed_at, created) VALUES (?, ?, ?, ?)",
+                (name, int(now) & SERIAL_MAX, now, now),
+            )
+            if cur.rowcount:
+                self._journal(name, None, None, "reload", now)
+        return bool(cur.rowcount)
+
+    def _zone(self, name: str) -> ZoneRow | None:
+        row = self.conn.execute(
+            "SELECT name, serial, changed_at FROM zones WHERE name = ?", (name,)).fetchone()
+        return ZoneRow(*row) if row else None
+
+    def serial(self, zone: str, now: float) -> int:
+        """The zone's serial as of `now`: the stored one, moved on by every expiry since."""
+        row = self._zone(zone)
+        if row is None:
+            raise StoreError(f"no zone {zone!r}")
+        count, latest = self.conn.execute(
+            "SELECT count(*), max(expires) FROM entries WHERE zone = ? AND expires > ? "
+            "AND expires <= ?", (zone, row.changed_at, now)).fetchone()
+        if not count:
+            return row.serial
+        return max(row.serial + count, int(latest)) & SERIAL_MAX
+
+    def _bump(self, zone: str, now: float) -> None:
+        serial = max(self.serial(zone, now) + 1, int(now)) & SERIAL_MAX
+        self.conn.execute("UPDATE zones SET serial = ?, changed_at = ? WHERE name = ?",
+                          (serial, now, zone))
+
+    def _journal(self, zone: str, target: str | None, source: str | None, op: str,
+                 now: float) -> None:
+        self.conn.execute("INSERT INTO changes (zone, target, source, op, at) VALUES (?,?,?,?,?)",
+                          (zone, target, source, op, now))
+
+    def _require_zone(self, zone: str) -> None:
+        if self._zone(zone) is None:
+            raise StoreError(f"no zone {zone!r} (zones: {', '.join(self.zone_names()) or 'none'})")
+
+    # --- entries ----------------------------------------------------------------------------
+
+    def add(self, zone: str, listings: Iterable[Listing], *, source: str, now: float) -> int:
+        """Insert or update entries in one transaction; return how many were written."""
+        rows = list(listings)
+        for listing in rows:
+            check_test_points(listing.target)
+        with self.transaction():
+            self._require_zone(zone)
+            for listing in rows:
+                self._upsert(zone, listing, source, now)
+            if rows:
+                self._bump(zone, now)
+        return len(rows)
+
+    def _upsert(self, zone: str, listing: Listing, source: str, now: float) -> None:
+        t = listing.target
+        text = format_target(t)
+        width = _width(t.family)
+        self.conn.execute(
+            "INSERT INTO entries (zone, target, source, family, lo, hi, excluded, code, reason, "
+            "created, updated, expires) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT (zone, target, source) DO UPDATE SET code = excluded.code, "
+            "reason = excluded.reason, updated = excluded.updated, expires = excluded.expires",
+            (zone, text, source, t.family, t.lo.to_bytes(width, "big"),
+             t.hi.to_bytes(width, "big"), int(t.excluded), listing.code, listing.reason,
+             now, now, listing.expires),
+        )
+        self._journal(zone, text, source, "set", now)
+
+    def remove(self, zone: str, targets: Iterable[Target], *, source: str | None,
+               now: float) -> list[tuple[str, str]]:
+        """Delete entries whose target is exactly one of `targets`; return (target, source) removed."""
+        removed: list[tuple[str, str]] = []
+        with self.transaction():
+            self._require_zone(zone)
+            for target in targets:
+                removed += self._delete(zone, format_target(target), source, now)
+            if removed:
+                self._bump(zone, now)
+        return removed
+
+    def _delete(self, zone: str, text: str, source: str | None, now: float) -> list[tuple[str, str]]:
+        where, params = "zone = ? AND target = ?", [zone, text]
+        if source is not None:
+            clause, extra = source_clause(source)
+            where, params = f"{where} AND {clause}", params + extra
+        found = [(str(r[0]), str(r[1])) for r in self.conn.execute(
+            f"SELECT target, source FROM entries WHERE {where}", params)]
+        for target, src in found:
+            self.conn.execute("DELETE FROM entries WHERE zone = ? AND target = ? AND source = ?",
+                              (zone, target, src))
+            self._journal(zone, target, src, "del", now)
+        return found
+
+    def entries(self, zone: str) -> Iterator[Entry]:
+        rows = self.conn.execute(f"SELECT {ENTRY_COLUMNS} FROM entries WHERE zone = ?", (zone,))
+        return (entry_from_row(row) for row in rows)
+
+    def entry(self, zone: str, target: str, source: str) -> Entry | None:
+        row = self.conn.execute(
+            f"SELECT {ENTRY_COLUMNS} FROM entries WHERE zone = ? AND target = ? AND source = ?",
+            (zone, target, source)).fetchone()
+        return entry_from_row(row) if row else None
+
+    def covering(self, zone: str, target: Target) -> list[Entry]:
+        """Entries of the zone whose range contains all of `target` (to explain a failed remove)."""
+        width = _width(target.family)
+        rows = self.conn.execute(
+            f"SELECT {ENTRY_COLUMNS} FROM entries WHERE zone = ? AND family = ? AND lo <= ? "
+            "AND hi >= ? AND excluded = 0",
+            (zone, target.family, target.lo.to_bytes(width, "big"), target.hi.to_bytes(width, "big")))
+        return [entry_from_row(row) for row in rows]
+
+    # --- the journal ------------------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        row = self.conn.execute("SELECT max(seq) FROM changes").fetchone()
+        return int(row[0] or 0)
+
+    def changes_since(self, seq: int, limit: int) -> list[Change]:
+        rows = self.conn.execute(
+            "SELECT seq, zone, target, source, op FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit))
+        return [Change(*row) for row in rows]
+
+    def data_version(self) -> int:
+        """Changes when another connection commits (cheap to poll)."""
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+def target_of(text: str) -> Target:
+    """The Target of a canonical target text as stored."""
+    return parse_target(text)
