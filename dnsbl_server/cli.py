@@ -45,8 +45,14 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-db_option = click.option("--db", "db", metavar="PATH", envvar="DNSBL_DB", show_envvar=True,
-                         help="SQLite database (default: see README)")
+db_option = click.option(
+    "--db",
+    "db",
+    metavar="PATH",
+    envvar="DNSBL_DB",
+    show_envvar=True,
+    help="SQLite database (default: see README)",
+)
 
 
 @click.group()
@@ -60,17 +66,33 @@ def main() -> None:
 
 @main.command()
 @db_option
-@click.option("--zone", "zones", multiple=True, metavar="NAME", help="Serve this zone (repeatable; "
-              "created if missing). Default: every zone in the database.")
-@click.option("--listen", multiple=True, metavar="HOST:PORT",
-              help="Address to answer on, UDP and TCP (repeatable; [::1]:5300 for IPv6).")
+@click.option(
+    "--zone",
+    "zones",
+    multiple=True,
+    metavar="NAME",
+    help="Serve this zone (repeatable; created if missing). Default: every zone in the database.",
+)
+@click.option(
+    "--listen",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Address to answer on, UDP and TCP (repeatable; [::1]:5300 for IPv6).",
+)
 @click.option("--config", "config_path", metavar="FILE", help="TOML config file.")
 @click.option("--ttl", type=click.IntRange(0, 2**31 - 1), help="Answer TTL in seconds.")
 @click.option("--hide-version", is_flag=True, default=None, help="Refuse CHAOS version.bind.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @guarded
-def serve(db: str | None, zones: Sequence[str], listen: Sequence[str], config_path: str | None,
-          ttl: int | None, hide_version: bool | None, verbose: int) -> None:
+def serve(
+    db: str | None,
+    zones: Sequence[str],
+    listen: Sequence[str],
+    config_path: str | None,
+    ttl: int | None,
+    hide_version: bool | None,
+    verbose: int,
+) -> None:
     """Answer DNSBL queries for the zones in the database."""
     from dataclasses import replace
 
@@ -131,8 +153,11 @@ def parse_targets(texts: Sequence[str], exclude: bool) -> list[Target]:
 def warn_long_reason(reason: str) -> None:
     longest = reason.replace("$$", "$").replace("$", "x" * 39)  # the longest IPv6 text
     if len(longest.encode()) > TXT_LIMIT:
-        click.echo(f"dnsbl: warning: the reason can expand to more than {TXT_LIMIT} bytes; "
-                   "answers cut it there, as rbldnsd does", err=True)
+        click.echo(
+            f"dnsbl: warning: the reason can expand to more than {TXT_LIMIT} bytes; "
+            "answers cut it there, as rbldnsd does",
+            err=True,
+        )
 
 
 @main.command()
@@ -145,13 +170,22 @@ def warn_long_reason(reason: str) -> None:
 @click.option("--exclude", is_flag=True, help="Add exclusions (never listed), like !TARGET.")
 @click.argument("targets", nargs=-1, required=True)
 @guarded
-def add(db: str | None, zone: str | None, code: str, reason: str, expires: str | None, source: str,
-        exclude: bool, targets: Sequence[str]) -> None:
+def add(
+    db: str | None,
+    zone: str | None,
+    code: str,
+    reason: str,
+    expires: str | None,
+    source: str,
+    exclude: bool,
+    targets: Sequence[str],
+) -> None:
     """Add or update TARGETs: addresses, CIDRs, start-end ranges, or !TARGET exclusions."""
     now = time.time()
-    listings = [Listing(t, parse_code(code), reason,
-                        parse_when(expires, now=now) if expires else None)
-                for t in parse_targets(targets, exclude)]
+    listings = [
+        Listing(t, parse_code(code), reason, parse_when(expires, now=now) if expires else None)
+        for t in parse_targets(targets, exclude)
+    ]
     check_source(source)
     store = open_store(db)
     name = pick_zone(store, zone, now, create=True)
@@ -172,8 +206,9 @@ def check_source(source: str) -> None:
 @click.option("--exclude", is_flag=True, help="TARGETs are exclusions, like !TARGET.")
 @click.argument("targets", nargs=-1, required=True)
 @guarded
-def remove(db: str | None, zone: str | None, source: str | None, exclude: bool,
-           targets: Sequence[str]) -> None:
+def remove(
+    db: str | None, zone: str | None, source: str | None, exclude: bool, targets: Sequence[str]
+) -> None:
     """Remove entries whose target is exactly TARGET (exit 1 if nothing matched)."""
     now = time.time()
     parsed = parse_targets(targets, exclude)
@@ -192,8 +227,11 @@ def explain_not_removed(store: Store, zone: str, target: Target) -> None:
     covering = store.covering(zone, target)
     if covering:
         names = ", ".join(f"{e.key[0]} ({e.key[1]})" for e in covering)
-        click.echo(f"{format_target(target)}: no such entry; it is covered by {names}. To stop "
-                   f"listing it, add an exclusion: dnsbl add --zone {zone} --exclude "
-                   f"{format_target(target)}", err=True)
+        click.echo(
+            f"{format_target(target)}: no such entry; it is covered by {names}. To stop "
+            f"listing it, add an exclusion: dnsbl add --zone {zone} --exclude "
+            f"{format_target(target)}",
+            err=True,
+        )
     else:
         click.echo(f"{format_target(target)}: no such entry in {zone}", err=True)

@@ -109,8 +109,10 @@ def from_file(path: str | os.PathLike[str]) -> tuple[Settings, str | None]:
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
     defaults = zone_settings(ZoneSettings(), data.get("zone_defaults", {}), f"{path}: [zone_defaults]")
-    per_zone = {zone_name(name): zone_settings(defaults, table, f"{path}: [zone.{name}]")
-                for name, table in data.get("zone", {}).items()}
+    per_zone = {
+        zone_name(name): zone_settings(defaults, table, f"{path}: [zone.{name}]")
+        for name, table in data.get("zone", {}).items()
+    }
     for spec in data.get("listen", []):
         parse_listen(spec)
     settings = Settings(

@@ -36,8 +36,7 @@ DEMO_LISTINGS = (
 
 def seed_demo(store: Store, now: float) -> None:
     store.ensure_zone(DEMO_ZONE, now)
-    listings = [Listing(parse_target(t), 0x7F000000 | code, reason)
-                for t, code, reason in DEMO_LISTINGS]
+    listings = [Listing(parse_target(t), 0x7F000000 | code, reason) for t, code, reason in DEMO_LISTINGS]
     store.add(DEMO_ZONE, listings, source="demo", now=now)
     log.info("empty database: created the demo zone %s", DEMO_ZONE)
 
@@ -62,8 +61,9 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     for spec in settings.listen:
         transports, shown = await listen(handler, spec)
         closers += transports
-        log.info("listening on %s (udp, tcp) for %s", shown,
-                 ", ".join(z.name for z in holder.zones) or "no zones")
+        log.info(
+            "listening on %s (udp, tcp) for %s", shown, ", ".join(z.name for z in holder.zones) or "no zones"
+        )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

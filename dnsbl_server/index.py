@@ -111,7 +111,9 @@ class ZoneIndex:
     """All entries of one zone: segments per family plus an overlay of later changes."""
 
     segments: Mapping[int, Segments]
-    changed: Mapping[Key, Entry | None] = field(default_factory=lambda: EMPTY_CHANGES)  # key -> new entry, or None if removed
+    changed: Mapping[Key, Entry | None] = field(
+        default_factory=lambda: EMPTY_CHANGES
+    )  # key -> new entry, or None if removed
     overlay: Mapping[int, Segments] = field(default_factory=dict)  # the changed entries, indexed
 
     @classmethod

@@ -67,8 +67,7 @@ class Loader:
         return self.zones
 
     def _apply(self, zone: Zone, keys: set[Key], now: float) -> Zone:
-        changes: dict[Key, Entry | None] = {
-            key: self.store.entry(zone.name, key[0], key[1]) for key in keys}
+        changes: dict[Key, Entry | None] = {key: self.store.entry(zone.name, key[0], key[1]) for key in keys}
         index = zone.index.with_changes(changes)
         if len(index.changed) > FOLD_AT:
             index = index.fold()

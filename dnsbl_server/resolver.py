@@ -114,8 +114,7 @@ def _negative(zone: Zone, rcode: int) -> Answer:
 
 
 def _apex(question: Question, zone: Zone) -> Answer:
-    ns = tuple(Record(question.name, NS, zone.settings.ttl, n)
-               for n in zone.settings.name_servers(zone.name))
+    ns = tuple(Record(question.name, NS, zone.settings.ttl, n) for n in zone.settings.name_servers(zone.name))
     soa = soa_record(zone)
     soa = Record(question.name, SOA, soa.ttl, soa.data)
     records = {SOA: (soa,), NS: ns, ANY: (soa, *ns)}.get(question.qtype)
@@ -189,6 +188,8 @@ def _records(question: Question, zone: Zone, listings: tuple[Entry, ...], addres
         codes = sorted({e.code for e in listings})
         out += [Record(name, A, ttl, format_address(4, c)) for c in codes]
     if question.qtype in (TXT, ANY):
-        texts = dict.fromkeys(expand(e.reason, address) for e in sorted(listings, key=lambda e: e.code) if e.reason)
+        texts = dict.fromkeys(
+            expand(e.reason, address) for e in sorted(listings, key=lambda e: e.code) if e.reason
+        )
         out += [Record(name, TXT, ttl, t) for t in texts]
     return tuple(out)

@@ -40,8 +40,13 @@ class Holder:
 
 
 class Handler:
-    def __init__(self, holder: Holder, options: Options, udp_cap: int = wire.UDP_CAP,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        holder: Holder,
+        options: Options,
+        udp_cap: int = wire.UDP_CAP,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.holder = holder
         self.options = options
         self.udp_cap = udp_cap
@@ -116,12 +121,14 @@ async def listen(handler: Handler, spec: str) -> tuple[list[asyncio.BaseTranspor
     host, port = parse_listen(spec)
     loop = asyncio.get_running_loop()
     for _ in range(20):
-        udp, _proto = await loop.create_datagram_endpoint(lambda: UdpProtocol(handler),
-                                                          local_addr=(host, port))
+        udp, _proto = await loop.create_datagram_endpoint(
+            lambda: UdpProtocol(handler), local_addr=(host, port)
+        )
         bound = udp.get_extra_info("sockname")[1]
         try:
-            tcp = await loop.create_server(lambda: TcpProtocol(handler), host, bound,
-                                           reuse_address=True, backlog=512)
+            tcp = await loop.create_server(
+                lambda: TcpProtocol(handler), host, bound, reuse_address=True, backlog=512
+            )
         except OSError:
             udp.close()
             if port:
@@ -130,4 +137,3 @@ async def listen(handler: Handler, spec: str) -> tuple[list[asyncio.BaseTranspor
         shown = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
         return [udp, tcp], shown
     raise OSError(f"no port free for both UDP and TCP on {host}")
-

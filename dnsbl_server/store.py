@@ -63,11 +63,15 @@ def check_test_points(target: Target) -> None:
     if target.family != 4:
         return
     if not target.excluded and target.lo <= TEST_UNLISTED <= target.hi:
-        raise StoreError(f"refusing to list {format_target(target)}: it covers 127.0.0.1, "
-                         "the RFC 5782 test point that must never be listed")
+        raise StoreError(
+            f"refusing to list {format_target(target)}: it covers 127.0.0.1, "
+            "the RFC 5782 test point that must never be listed"
+        )
     if target.excluded and target.lo <= TEST_LISTED <= target.hi:
-        raise StoreError(f"refusing to exclude {format_target(target)}: it covers 127.0.0.2, "
-                         "the RFC 5782 test point that must always be listed")
+        raise StoreError(
+            f"refusing to exclude {format_target(target)}: it covers 127.0.0.2, "
+            "the RFC 5782 test point that must always be listed"
+        )
 
 
 def _width(family: int) -> int:
@@ -77,9 +81,14 @@ def _width(family: int) -> int:
 def entry_from_row(row: Sequence[object]) -> Entry:
     target, source, family, lo, hi, excluded, code, reason, expires = row
     return Entry(
-        (str(target), str(source)), int(family),  # type: ignore[call-overload]
-        int.from_bytes(lo, "big"), int.from_bytes(hi, "big"),  # type: ignore[arg-type]
-        bool(excluded), int(code), str(reason), expires,  # type: ignore[call-overload,arg-type]
+        (str(target), str(source)),
+        int(family),  # type: ignore[call-overload]
+        int.from_bytes(lo, "big"),
+        int.from_bytes(hi, "big"),  # type: ignore[arg-type]
+        bool(excluded),
+        int(code),
+        str(reason),
+        expires,  # type: ignore[call-overload,arg-type]
     )
 
 
@@ -108,8 +117,9 @@ class Store:
             raise StoreError(f"{target}: no such database")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                target, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
             store = cls(conn, str(target))
             store.db.enable_wal()
             conn.execute("PRAGMA synchronous = NORMAL")  # durable in WAL mode across app crashes
@@ -162,7 +172,8 @@ class Store:
 
     def _zone(self, name: str) -> ZoneRow | None:
         row = self.conn.execute(
-            "SELECT name, serial, changed_at FROM zones WHERE name = ?", (name,)).fetchone()
+            "SELECT name, serial, changed_at FROM zones WHERE name = ?", (name,)
+        ).fetchone()
         return ZoneRow(*row) if row else None
 
     def serial(self, zone: str, now: float) -> int:
@@ -171,21 +182,22 @@ class Store:
         if row is None:
             raise StoreError(f"no zone {zone!r}")
         count, latest = self.conn.execute(
-            "SELECT count(*), max(expires) FROM entries WHERE zone = ? AND expires > ? "
-            "AND expires <= ?", (zone, row.changed_at, now)).fetchone()
+            "SELECT count(*), max(expires) FROM entries WHERE zone = ? AND expires > ? AND expires <= ?",
+            (zone, row.changed_at, now),
+        ).fetchone()
         if not count:
             return row.serial
         return max(row.serial + count, int(latest)) & SERIAL_MAX
 
     def _bump(self, zone: str, now: float) -> None:
         serial = max(self.serial(zone, now) + 1, int(now)) & SERIAL_MAX
-        self.conn.execute("UPDATE zones SET serial = ?, changed_at = ? WHERE name = ?",
-                          (serial, now, zone))
+        self.conn.execute("UPDATE zones SET serial = ?, changed_at = ? WHERE name = ?", (serial, now, zone))
 
-    def _journal(self, zone: str, target: str | None, source: str | None, op: str,
-                 now: float) -> None:
-        self.conn.execute("INSERT INTO changes (zone, target, source, op, at) VALUES (?,?,?,?,?)",
-                          (zone, target, source, op, now))
+    def _journal(self, zone: str, target: str | None, source: str | None, op: str, now: float) -> None:
+        self.conn.execute(
+            "INSERT INTO changes (zone, target, source, op, at) VALUES (?,?,?,?,?)",
+            (zone, target, source, op, now),
+        )
 
     def _require_zone(self, zone: str) -> None:
         if self._zone(zone) is None:
@@ -215,14 +227,26 @@ class Store:
             "created, updated, expires) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
             "ON CONFLICT (zone, target, source) DO UPDATE SET code = excluded.code, "
             "reason = excluded.reason, updated = excluded.updated, expires = excluded.expires",
-            (zone, text, source, t.family, t.lo.to_bytes(width, "big"),
-             t.hi.to_bytes(width, "big"), int(t.excluded), listing.code, listing.reason,
-             now, now, listing.expires),
+            (
+                zone,
+                text,
+                source,
+                t.family,
+                t.lo.to_bytes(width, "big"),
+                t.hi.to_bytes(width, "big"),
+                int(t.excluded),
+                listing.code,
+                listing.reason,
+                now,
+                now,
+                listing.expires,
+            ),
         )
         self._journal(zone, text, source, "set", now)
 
-    def remove(self, zone: str, targets: Iterable[Target], *, source: str | None,
-               now: float) -> list[tuple[str, str]]:
+    def remove(
+        self, zone: str, targets: Iterable[Target], *, source: str | None, now: float
+    ) -> list[tuple[str, str]]:
         """Delete entries whose target is exactly one of `targets`; return (target, source) removed."""
         removed: list[tuple[str, str]] = []
         with self.transaction():
@@ -238,11 +262,14 @@ class Store:
         if source is not None:
             clause, extra = source_clause(source)
             where, params = f"{where} AND {clause}", params + extra
-        found = [(str(r[0]), str(r[1])) for r in self.conn.execute(
-            f"SELECT target, source FROM entries WHERE {where}", params)]
+        found = [
+            (str(r[0]), str(r[1]))
+            for r in self.conn.execute(f"SELECT target, source FROM entries WHERE {where}", params)
+        ]
         for target, src in found:
-            self.conn.execute("DELETE FROM entries WHERE zone = ? AND target = ? AND source = ?",
-                              (zone, target, src))
+            self.conn.execute(
+                "DELETE FROM entries WHERE zone = ? AND target = ? AND source = ?", (zone, target, src)
+            )
             self._journal(zone, target, src, "del", now)
         return found
 
@@ -253,7 +280,8 @@ class Store:
     def entry(self, zone: str, target: str, source: str) -> Entry | None:
         row = self.conn.execute(
             f"SELECT {ENTRY_COLUMNS} FROM entries WHERE zone = ? AND target = ? AND source = ?",
-            (zone, target, source)).fetchone()
+            (zone, target, source),
+        ).fetchone()
         return entry_from_row(row) if row else None
 
     def covering(self, zone: str, target: Target) -> list[Entry]:
@@ -262,7 +290,8 @@ class Store:
         rows = self.conn.execute(
             f"SELECT {ENTRY_COLUMNS} FROM entries WHERE zone = ? AND family = ? AND lo <= ? "
             "AND hi >= ? AND excluded = 0",
-            (zone, target.family, target.lo.to_bytes(width, "big"), target.hi.to_bytes(width, "big")))
+            (zone, target.family, target.lo.to_bytes(width, "big"), target.hi.to_bytes(width, "big")),
+        )
         return [entry_from_row(row) for row in rows]
 
     # --- the journal ------------------------------------------------------------------------
@@ -274,7 +303,8 @@ class Store:
     def changes_since(self, seq: int, limit: int) -> list[Change]:
         rows = self.conn.execute(
             "SELECT seq, zone, target, source, op FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
-            (seq, limit))
+            (seq, limit),
+        )
         return [Change(*row) for row in rows]
 
     def data_version(self) -> int:

@@ -153,7 +153,9 @@ def encode(request: Request, answer: Answer, limit: int) -> bytes:
     h = request.record.header
     header = DNSHeader(id=h.id, qr=1, aa=int(answer.authoritative), rd=h.rd, rcode=answer.rcode & 0xF)
     header.opcode = h.opcode
-    reply = DNSRecord(header, q=DNSQuestion(request.record.q.qname, request.record.q.qtype, request.record.q.qclass))
+    reply = DNSRecord(
+        header, q=DNSQuestion(request.record.q.qname, request.record.q.qtype, request.record.q.qclass)
+    )
     qname = request.record.q.qname
     for record in answer.answer:
         reply.add_answer(_rr(record, request.question, qname))
