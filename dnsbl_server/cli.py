@@ -82,7 +82,7 @@ def main() -> None:
 @click.option("--config", "config_path", metavar="FILE", help="TOML config file.")
 @click.option("--ttl", type=click.IntRange(0, 2**31 - 1), help="Answer TTL in seconds.")
 @click.option("--hide-version", is_flag=True, default=None, help="Refuse CHAOS version.bind.")
-@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.option("-v", "--verbose", count=True, help="Debug logging.")
 @guarded
 def serve(
     db: str | None,
@@ -114,7 +114,7 @@ def serve(
         defaults = replace(settings.zone_defaults, ttl=ttl)
         overrides["zone_defaults"] = defaults
         overrides["zone_settings"] = {n: replace(s, ttl=ttl) for n, s in settings.zone_settings.items()}
-    level = logging.WARNING - 10 * min(verbose + 1, 2)
+    level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     asyncio.run(run(replace(settings, **overrides)))
 
