@@ -186,3 +186,22 @@ def test_bad_packets_never_kill_the_server(serve, listed):  # type: ignore[no-un
 def test_sigterm_stops_cleanly(serve, listed):  # type: ignore[no-untyped-def]
     server = serve()
     assert server.stop() == 0
+
+
+def test_dig_as_a_second_client(serve, listed):  # type: ignore[no-untyped-def]
+    import shutil
+    import subprocess
+
+    dig = shutil.which("dig")
+    assert dig, "dig is needed (apt-get install dnsutils; .ci/run does it)"
+    server = serve()
+
+    def run(*args: str) -> str:
+        out = subprocess.run([dig, "@" + server.host, "-p", str(server.port), "+time=3", "+tries=1", *args],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout
+
+    assert run("+short", name("203.0.113.7"), "A").split() == ["127.0.0.2"]
+    assert run("+short", "+tcp", name("203.0.113.7"), "TXT").strip() == '"Listed: 203.0.113.7 see $5"'
+    assert "status: NXDOMAIN" in run(name("203.0.113.8"), "A")
+    assert "status: NOERROR" in run("113.0.203." + ZONE, "A")
