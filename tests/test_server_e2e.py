@@ -205,3 +205,15 @@ def test_dig_as_a_second_client(serve, listed):  # type: ignore[no-untyped-def]
     assert run("+short", "+tcp", name("203.0.113.7"), "TXT").strip() == '"Listed: 203.0.113.7 see $5"'
     assert "status: NXDOMAIN" in run(name("203.0.113.8"), "A")
     assert "status: NOERROR" in run("113.0.203." + ZONE, "A")
+
+
+def test_listens_on_ipv6_loopback_too(serve, listed):  # type: ignore[no-untyped-def]
+    import re
+
+    server = serve("--listen", "[::1]:0")
+    match = re.search(r"listening on \[::1\]:(\d+) ", server.log)
+    assert match, server.log
+    query = dns.message.make_query(name("203.0.113.7"), "A")
+    for send in (dns.query.udp, dns.query.tcp):
+        reply = send(query, "::1", port=int(match.group(1)), timeout=5)
+        assert values(reply, "A") == ["127.0.0.2"]
