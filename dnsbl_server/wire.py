@@ -19,7 +19,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dnslib import EDNS0, RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+from dnslib import EDNS0, RR, DNSBuffer, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 from dnslib import NS as NS_RD
 from dnslib import SOA as SOA_RD
 from dnslib import TXT as TXT_RD
@@ -56,8 +56,13 @@ class Request:
 # --- reading ----------------------------------------------------------------------------------
 
 
-def check_name(data: bytes, offset: int) -> int:
-    """Walk a name strictly; return the offset after it. Pointers must point backwards."""
+def read_name(data: bytes, offset: int) -> tuple[list[bytes], int]:
+    """Walk a name strictly; return its labels and the offset after it. Pointers must point backwards.
+
+    A label is any octets (RFC 2181 section 11), so the question name is read here: dnslib's reader
+    refuses labels that are not UTF-8.
+    """
+    labels: list[bytes] = []
     end: int | None = None
     length = 1  # the root label
     position, floor = offset, offset
@@ -77,10 +82,11 @@ def check_name(data: bytes, offset: int) -> int:
         if size & 0xC0:
             raise MalformedQuestion("label longer than 63 octets")
         if size == 0:
-            return position + 1 if end is None else end
+            return labels, position + 1 if end is None else end
         length += size + 1
         if length > 255:
             raise MalformedQuestion("name longer than 255 octets")
+        labels.append(data[position + 1 : position + 1 + size])
         position += size + 1
 
 
@@ -94,17 +100,26 @@ def parse(data: bytes) -> Request:
     qdcount = _HEADER.unpack_from(data)[2]
     if qdcount != 1:
         raise MalformedQuestion(f"qdcount is {qdcount}, not 1")
-    end = check_name(data, 12)
+    labels, end = read_name(data, 12)
     if end + 4 > len(data):
         raise MalformedQuestion("question truncated")
     try:
-        record = DNSRecord.parse(data)
+        record = _record(data, DNSQuestion(DNSLabel(labels), *struct.unpack_from("!HH", data, end)), end + 4)
     except Exception as error:  # dnslib raises several types for bad input
         raise MalformedQuestion(str(error)) from None
     q = record.q
     name = ".".join(_label_text(label) for label in q.qname.label)
     question = Question(name, q.qtype, q.qclass, record.header.opcode)
     return Request(record, question, _edns(record))
+
+
+def _record(data: bytes, question: DNSQuestion, offset: int) -> DNSRecord:
+    """dnslib reads the header and the record sections after our question (like `DNSRecord.parse`)."""
+    buffer = DNSBuffer(data)
+    header = DNSHeader.parse(buffer)
+    buffer.offset = offset
+    rr, auth, ar = ([RR.parse(buffer) for _ in range(n)] for n in (header.a, header.auth, header.ar))
+    return DNSRecord(header, [question], rr, auth=auth, ar=ar)
 
 
 def _edns(record: DNSRecord) -> Edns | None:
