@@ -102,6 +102,13 @@ class Segments:
                 return
             yield self.starts[i]
 
+    def ends_within(self, lo: int, hi: int) -> Iterator[int]:
+        """Points just past a segment's end inside [lo, hi]: another index's entries may answer there."""
+        for i in range(bisect_left(self.ends, lo - 1), len(self.ends)):
+            if self.ends[i] + 1 > hi:
+                return
+            yield self.ends[i] + 1
+
 
 EMPTY_CHANGES: Mapping[Key, Entry | None] = MappingProxyType({})
 
@@ -137,10 +144,11 @@ class ZoneIndex:
         """Is any address in [lo, hi] listed? (an empty non-terminal answers NODATA, not NXDOMAIN)"""
         points = {lo}
         points.update(self.segments[family].starts_within(lo, hi))
-        if self.changed:
+        if self.changed:  # base and overlay answers combine: where either one's segment ends counts too
             overlay = self.overlay[family]
             points.update(overlay.starts_within(lo, hi))
-            points.update(e + 1 for e in overlay.ends if lo <= e + 1 <= hi)
+            points.update(overlay.ends_within(lo, hi))
+            points.update(self.segments[family].ends_within(lo, hi))
         return any(self.lookup(family, p, now) for p in sorted(points))
 
     def with_changes(self, changes: Mapping[Key, Entry | None]) -> ZoneIndex:

@@ -30,7 +30,7 @@ NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 
 TEST_LISTED = 0x7F000002  # 127.0.0.2
 TEST_UNLISTED = 0x7F000001  # 127.0.0.1
-TXT_LIMIT = 255  # one <character-string>; rbldnsd cuts expanded texts here too
+TXT_LIMIT = 254  # rbldnsd serves at most 254 bytes of an expanded text (tried: 255 comes out as 254)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +170,7 @@ def _span_listed(zone: Zone, family: int, lo: int, hi: int, now: float) -> bool:
 
 
 def expand(template: str, address: str) -> str:
-    """rbldnsd's TXT template: `$` is the queried address, `$$` a dollar; cut at 255 bytes."""
+    """rbldnsd's TXT template: `$` is the queried address, `$$` a dollar; cut at TXT_LIMIT bytes."""
     text = "$".join(part.replace("$", address) for part in template.split("$$"))
     return truncate_txt(text)
 
