@@ -28,8 +28,9 @@ class Counters:
 
     udp: int = 0
     tcp: int = 0
-    dropped: int = 0
-    errors: int = 0
+    dropped: int = 0  # no reply: short, or a response (QR set)
+    formerr: int = 0
+    errors: int = 0  # unexpected exceptions, answered SERVFAIL
 
 
 class Holder:
@@ -65,6 +66,8 @@ class Handler:
             reply = wire.servfail(data)
         if reply is None:
             self.counters.dropped += 1
+        elif reply[3] & 0xF == 1:
+            self.counters.formerr += 1
         return reply
 
 
