@@ -92,10 +92,10 @@ def resolve(question: Question, zones: Zones, now: float, options: Options = Opt
 
 
 def _chaos(question: Question, options: Options) -> Answer:
-    if question.name.lower() in ("version.bind", "version.server") and question.qtype in (TXT, ANY):
-        if options.version is not None:
-            record = Record(question.name, TXT, 0, options.version, rclass=CH)
-            return Answer(NOERROR, (record,))
+    asks_version = question.name.lower() in ("version.bind", "version.server")
+    if asks_version and question.qtype in (TXT, ANY) and options.version is not None:
+        record = Record(question.name, TXT, 0, options.version, rclass=CH)
+        return Answer(NOERROR, (record,))
     return Answer(REFUSED, authoritative=False)
 
 

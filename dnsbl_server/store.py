@@ -22,8 +22,9 @@ from pathlib import Path
 
 import sqlite_utils
 
-from .addresses import Target, format_target, parse_target
+from .addresses import Target, format_target
 from .errors import StoreError
+from .imports import Row
 from .index import Entry
 from .migrations import migrate
 from .resolver import TEST_LISTED, TEST_UNLISTED
@@ -220,29 +221,9 @@ class Store:
 
     def _upsert(self, zone: str, listing: Listing, source: str, now: float) -> None:
         t = listing.target
-        text = format_target(t)
-        width = _width(t.family)
-        self.conn.execute(
-            "INSERT INTO entries (zone, target, source, family, lo, hi, excluded, code, reason, "
-            "created, updated, expires) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
-            "ON CONFLICT (zone, target, source) DO UPDATE SET code = excluded.code, "
-            "reason = excluded.reason, updated = excluded.updated, expires = excluded.expires",
-            (
-                zone,
-                text,
-                source,
-                t.family,
-                t.lo.to_bytes(width, "big"),
-                t.hi.to_bytes(width, "big"),
-                int(t.excluded),
-                listing.code,
-                listing.reason,
-                now,
-                now,
-                listing.expires,
-            ),
-        )
-        self._journal(zone, text, source, "set", now)
+        params = _upsert_params(zone, t, source, listing.code, listing.reason, listing.expires, now)
+        self.conn.execute(UPSERT, params)
+        self._journal(zone, format_target(t), source, "set", now)
 
     def remove(
         self, zone: str, targets: Iterable[Target], *, source: str | None, now: float
@@ -272,6 +253,27 @@ class Store:
             )
             self._journal(zone, target, src, "del", now)
         return found
+
+    def import_rows(self, zone: str, rows: Iterable[Row], *, replace: str | None, now: float) -> int:
+        """Write many entries in one transaction (all or nothing); `replace` first deletes the entries
+        of that source and its sub-sources. Journalled as one bulk change: the server rebuilds the zone."""
+        written = 0
+        with self.transaction():
+            self._require_zone(zone)
+            if replace is not None:
+                clause, params = source_clause(replace)
+                self.conn.execute(f"DELETE FROM entries WHERE zone = ? AND {clause}", [zone, *params])
+            for chunk in _chunks(rows, 10000):
+                for row in chunk:
+                    check_test_points(row.target)
+                params = [
+                    _upsert_params(zone, r.target, r.source, r.code, r.reason, r.expires, now) for r in chunk
+                ]
+                self.conn.executemany(UPSERT, params)
+                written += len(chunk)
+            self._journal(zone, None, None, "reload", now)
+            self._bump(zone, now)
+        return written
 
     def entries(self, zone: str) -> Iterator[Entry]:
         rows = self.conn.execute(f"SELECT {ENTRY_COLUMNS} FROM entries WHERE zone = ?", (zone,))
@@ -312,6 +314,29 @@ class Store:
         return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
 
 
-def target_of(text: str) -> Target:
-    """The Target of a canonical target text as stored."""
-    return parse_target(text)
+UPSERT = (
+    "INSERT INTO entries (zone, target, source, family, lo, hi, excluded, code, reason, "
+    "created, updated, expires) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT (zone, target, source) DO UPDATE SET code = excluded.code, "
+    "reason = excluded.reason, updated = excluded.updated, expires = excluded.expires"
+)
+
+
+def _upsert_params(
+    zone: str, t: Target, source: str, code: int, reason: str, expires: float | None, now: float
+) -> tuple[object, ...]:
+    width = _width(t.family)
+    lo, hi = t.lo.to_bytes(width, "big"), t.hi.to_bytes(width, "big")
+    text = format_target(t)
+    return (zone, text, source, t.family, lo, hi, int(t.excluded), code, reason, now, now, expires)
+
+
+def _chunks(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
+    chunk: list[Row] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
