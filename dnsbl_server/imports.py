@@ -127,7 +127,7 @@ def _csv_row(fields: list[str], source: str | None, loose: bool) -> Row:
         raise ValueError(f"expected {len(CSV_COLUMNS)} columns, got {len(fields)}")
     target_text, code_text, reason, row_source, expires_text = (f.strip() for f in fields)
     target = parse_target(target_text, loose=loose)
-    code = parse_code(code_text) if code_text else DEFAULT_CODE
+    code = parse_code(code_text) if code_text and not target.excluded else DEFAULT_CODE
     expires = parse_date(expires_text) if expires_text else None
     src = source or row_source or "import"
     return Row(target, src, code, fields[2], expires)

@@ -39,8 +39,7 @@ class Loader:
         return have if self.names is None else [n for n in self.names if n in have]
 
     def _build(self, name: str, now: float) -> Zone:
-        index = ZoneIndex.build(self.store.entries(name))
-        return Zone(name, index, self.store.serial(name, now), self.settings(name))
+        return build_zone(self.store, name, self.settings(name), now)
 
     def refresh(self, now: float) -> Zones | None:
         """Apply what changed since the last call; None when nothing did. State moves only at the
@@ -72,6 +71,11 @@ class Loader:
         if len(index.changed) > FOLD_AT:
             index = index.fold()
         return zone.with_index(index, self.store.serial(zone.name, now))
+
+
+def build_zone(store: Store, name: str, settings: ZoneSettings, now: float) -> Zone:
+    """One zone, whole, from the store."""
+    return Zone(name, ZoneIndex.build(store.entries(name)), store.serial(name, now), settings)
 
 
 def _keys_by_zone(changes: list[Change]) -> dict[str, set[Key]]:
