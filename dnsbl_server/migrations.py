@@ -6,10 +6,33 @@ Rule: never edit a step that has shipped; add a new one. Each step runs in one t
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
 from .errors import StoreError
 
-STEPS: tuple[str, ...] = (
+Step = str | Callable[[sqlite3.Connection], None]
+
+
+def enclosing(family: int, lo: int, hi: int) -> tuple[int, bytes]:
+    """The smallest CIDR holding [lo, hi], as (prefix length, network bytes): an entry covers an
+    address only if this CIDR does, so lookups by (plen, net) find every candidate with an index."""
+    bits = 32 if family == 4 else 128
+    plen = bits - (lo ^ hi).bit_length()
+    net = lo & ~((1 << (bits - plen)) - 1)
+    return plen, net.to_bytes(bits // 8, "big")
+
+
+def _add_enclosing(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE entries ADD COLUMN plen INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE entries ADD COLUMN net BLOB NOT NULL DEFAULT x''")
+    rows = conn.execute("SELECT id, family, lo, hi FROM entries").fetchall()
+    for rowid, family, lo, hi in rows:
+        plen, net = enclosing(family, int.from_bytes(lo, "big"), int.from_bytes(hi, "big"))
+        conn.execute("UPDATE entries SET plen = ?, net = ? WHERE id = ?", (plen, net, rowid))
+    conn.execute("CREATE INDEX entries_enclosing ON entries (zone, family, plen, net)")
+
+
+STEPS: tuple[Step, ...] = (
     # 1: zones, entries, and the change journal the server follows (and IXFR will read)
     """
     CREATE TABLE zones (
@@ -45,6 +68,23 @@ STEPS: tuple[str, ...] = (
         at REAL NOT NULL
     );
     """,
+    # 2: find the entries covering an address without a scan (`dnsbl check`)
+    _add_enclosing,
+    # 3: ranges that automatic sources never list; the journal pruned by age
+    """
+    CREATE TABLE allowlist (
+        id INTEGER PRIMARY KEY,
+        zone TEXT NOT NULL DEFAULT '',  -- '' is every zone
+        target TEXT NOT NULL,
+        family INTEGER NOT NULL,
+        lo BLOB NOT NULL,
+        hi BLOB NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        created REAL NOT NULL,
+        UNIQUE (zone, target)
+    );
+    CREATE INDEX changes_at ON changes (at);
+    """,
 )
 
 
@@ -56,12 +96,19 @@ def migrate(conn: sqlite3.Connection) -> int:
     for number in range(version, len(STEPS)):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in STEPS[number].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            _run(conn, STEPS[number])
             conn.execute(f"PRAGMA user_version = {number + 1}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
     return len(STEPS)
+
+
+def _run(conn: sqlite3.Connection, step: Step) -> None:
+    if callable(step):
+        step(conn)
+        return
+    for statement in step.split(";"):
+        if statement.strip():
+            conn.execute(statement)

@@ -19,14 +19,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import sqlite_utils
+if TYPE_CHECKING:
+    import sqlite_utils
 
 from .addresses import Target, format_target
+from .allowlist import Allowed
 from .errors import StoreError
 from .imports import Row
 from .index import Entry
-from .migrations import migrate
+from .migrations import enclosing, migrate
 from .resolver import TEST_LISTED, TEST_UNLISTED
 
 BUSY_TIMEOUT_S = 30.0
@@ -108,8 +111,15 @@ def _like_escape(text: str) -> str:
 class Store:
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
         self.path = path
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils over the same connection, for reporting queries (imported on first use:
+        it costs a quarter of `dnsbl check`'s start-up otherwise)."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self.conn)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> Store:
@@ -122,7 +132,7 @@ class Store:
                 target, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
             store = cls(conn, str(target))
-            store.db.enable_wal()
+            conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")  # durable in WAL mode across app crashes
             migrate(conn)
         except (OSError, sqlite3.Error) as error:
@@ -287,14 +297,177 @@ class Store:
         return entry_from_row(row) if row else None
 
     def covering(self, zone: str, target: Target) -> list[Entry]:
-        """Entries of the zone whose range contains all of `target` (to explain a failed remove)."""
-        width = _width(target.family)
+        """Listings of the zone whose range contains all of `target` (to explain a failed remove)."""
+        found = self.candidates(zone, target.family, target.lo)
+        return [e for e in found if not e.excluded and e.lo <= target.lo and e.hi >= target.hi]
+
+    def candidates(self, zone: str, family: int, address: int) -> list[Entry]:
+        """Every entry of the zone covering one address, found by index (see migrations.enclosing)."""
+        bits = 32 if family == 4 else 128
+        keys = [
+            enclosing(family, address & ~((1 << (bits - p)) - 1), address | ((1 << (bits - p)) - 1))
+            for p in range(bits + 1)
+        ]
+        marks = ",".join("(?,?)" for _ in keys)
         rows = self.conn.execute(
-            f"SELECT {ENTRY_COLUMNS} FROM entries WHERE zone = ? AND family = ? AND lo <= ? "
-            "AND hi >= ? AND excluded = 0",
-            (zone, target.family, target.lo.to_bytes(width, "big"), target.hi.to_bytes(width, "big")),
+            f"SELECT {ENTRY_COLUMNS} FROM entries WHERE zone = ? AND family = ? AND (plen, net) IN "
+            f"(VALUES {marks})",
+            [zone, family, *[v for key in keys for v in key]],
         )
         return [entry_from_row(row) for row in rows]
+
+    def details(self, zone: str, keys: Iterable[tuple[str, str]]) -> list[dict[str, object]]:
+        """Created/updated/expiry of entries, for explaining an answer."""
+        out = []
+        for target, source in keys:
+            row = self.conn.execute(
+                "SELECT target, source, code, reason, created, updated, expires, excluded FROM entries "
+                "WHERE zone = ? AND target = ? AND source = ?",
+                (zone, target, source),
+            ).fetchone()
+            if row:
+                out.append(
+                    dict(
+                        zip(
+                            (
+                                "target",
+                                "source",
+                                "code",
+                                "reason",
+                                "created",
+                                "updated",
+                                "expires",
+                                "excluded",
+                            ),
+                            row,
+                            strict=True,
+                        )
+                    )
+                )
+        return out
+
+    def list_entries(
+        self, zones: Sequence[str], *, source: str | None, expired: bool | None, now: float
+    ) -> Iterator[dict[str, object]]:
+        """Entries as dicts (sqlite-utils rows), by zone then target; `expired` True/False/None (all)."""
+        where, params = [f"zone IN ({','.join('?' for _ in zones)})"], list[object](zones)
+        if source is not None:
+            clause, extra = source_clause(source)
+            where.append(clause)
+            params += extra
+        if expired is not None:
+            where.append(
+                "(expires IS NOT NULL AND expires <= ?)" if expired else "(expires IS NULL OR expires > ?)"
+            )
+            params.append(now)
+        return self.db.query(
+            "SELECT zone, target, source, code, reason, created, updated, expires FROM entries "
+            f"WHERE {' AND '.join(where)} ORDER BY zone, family, lo, hi, source",
+            params,
+        )
+
+    def remove_source(self, zone: str, source: str, *, older_than: float | None, now: float) -> int:
+        """Bulk removal: every entry of `source` (and sub-sources), or only those not updated since."""
+        clause, params = source_clause(source)
+        where, args = f"zone = ? AND {clause}", [zone, *params]
+        if older_than is not None:
+            where += " AND updated < ?"
+            args.append(older_than)
+        with self.transaction():
+            self._require_zone(zone)
+            count = self.conn.execute(f"DELETE FROM entries WHERE {where}", args).rowcount
+            if count:
+                self._journal(zone, None, None, "reload", now)
+                self._bump(zone, now)
+        return int(count)
+
+    def expire(self, zones: Sequence[str], now: float, *, journal_days: float = 30) -> dict[str, int]:
+        """Purge expired entries (they stopped answering already) and journal rows older than
+        `journal_days`; return the count purged per zone."""
+        purged: dict[str, int] = {}
+        with self.transaction():
+            for zone in zones:
+                rows = self.conn.execute(
+                    "SELECT target, source FROM entries WHERE zone = ? AND expires IS NOT NULL "
+                    "AND expires <= ?",
+                    (zone, now),
+                ).fetchall()
+                for target, source in rows:
+                    self.conn.execute(
+                        "DELETE FROM entries WHERE zone = ? AND target = ? AND source = ?",
+                        (zone, target, source),
+                    )
+                    self._journal(zone, target, source, "del", now)
+                if rows:
+                    self._bump(zone, now)
+                purged[zone] = len(rows)
+            self.conn.execute(
+                "DELETE FROM changes WHERE at < ? AND seq < (SELECT max(seq) FROM changes)",
+                (now - journal_days * 86400,),
+            )
+        return purged
+
+    def stats(self, zone: str, now: float) -> dict[str, object]:
+        row = self._zone(zone)
+        assert row is not None
+        by_source = self.db.query(
+            "SELECT source, sum(excluded = 0) AS listings, sum(excluded) AS exclusions, "
+            "sum(expires IS NOT NULL AND expires <= ?) AS expired, max(updated) AS last_change "
+            "FROM entries WHERE zone = ? GROUP BY source ORDER BY source",
+            [now, zone],
+        )
+        sources = list(by_source)
+        return {
+            "zone": zone,
+            "serial": self.serial(zone, now),
+            "last_change": row.changed_at,
+            "entries": sum(int(s["listings"]) + int(s["exclusions"]) for s in sources),  # type: ignore[call-overload]
+            "sources": sources,
+        }
+
+    # --- the allowlist ----------------------------------------------------------------------
+
+    def allow(self, zone: str, targets: Iterable[Target], reason: str, now: float) -> None:
+        with self.transaction():
+            for t in targets:
+                width = _width(t.family)
+                self.conn.execute(
+                    "INSERT INTO allowlist (zone, target, family, lo, hi, reason, created) VALUES "
+                    "(?,?,?,?,?,?,?) ON CONFLICT (zone, target) DO UPDATE SET reason = excluded.reason",
+                    (
+                        zone,
+                        format_target(t),
+                        t.family,
+                        t.lo.to_bytes(width, "big"),
+                        t.hi.to_bytes(width, "big"),
+                        reason,
+                        now,
+                    ),
+                )
+
+    def disallow(self, zone: str, targets: Iterable[Target]) -> list[str]:
+        removed = []
+        with self.transaction():
+            for t in targets:
+                text = format_target(t)
+                if self.conn.execute(
+                    "DELETE FROM allowlist WHERE zone = ? AND target = ?", (zone, text)
+                ).rowcount:
+                    removed.append(text)
+        return removed
+
+    def allowlist(self, zone: str | None) -> list[Allowed]:
+        """The admin's ranges: with `zone`, the global ones and that zone's; else all."""
+        sql = "SELECT zone, target, family, lo, hi, reason FROM allowlist"
+        rows = (
+            self.conn.execute(sql + " WHERE zone IN ('', ?) ORDER BY zone, family, lo", (zone,))
+            if zone is not None
+            else self.conn.execute(sql + " ORDER BY zone, family, lo")
+        )
+        return [
+            Allowed(Target(f, int.from_bytes(lo, "big"), int.from_bytes(hi, "big")), z, r)
+            for z, _t, f, lo, hi, r in rows
+        ]
 
     # --- the journal ------------------------------------------------------------------------
 
@@ -316,7 +489,7 @@ class Store:
 
 UPSERT = (
     "INSERT INTO entries (zone, target, source, family, lo, hi, excluded, code, reason, "
-    "created, updated, expires) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+    "created, updated, expires, plen, net) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
     "ON CONFLICT (zone, target, source) DO UPDATE SET code = excluded.code, "
     "reason = excluded.reason, updated = excluded.updated, expires = excluded.expires"
 )
@@ -328,7 +501,8 @@ def _upsert_params(
     width = _width(t.family)
     lo, hi = t.lo.to_bytes(width, "big"), t.hi.to_bytes(width, "big")
     text = format_target(t)
-    return (zone, text, source, t.family, lo, hi, int(t.excluded), code, reason, now, now, expires)
+    plen, net = enclosing(t.family, t.lo, t.hi)
+    return (zone, text, source, t.family, lo, hi, int(t.excluded), code, reason, now, now, expires, plen, net)
 
 
 def _chunks(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:

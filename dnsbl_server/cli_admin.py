@@ -1,0 +1,294 @@
+"""Commands that read and report: check, list, stats, expire, allowlist (README, "Admin").
+
+Thin: the decisions are the resolver's (`check` asks it exactly as the DNS would) and the store's.
+Every command that prints data has `--json`; the layouts are documented in the README and kept stable.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from .addresses import format_address, format_target, format_time, parse_address, parse_target
+from .allowlist import builtin
+from .cli import EXIT_NEGATIVE, EXIT_OK, db_option, guarded, main, open_store, pick_zone
+from .config import zone_name
+from .errors import DnsblError
+from .index import ZoneIndex, decide
+from .resolver import TXT, A, Question, resolve
+from .store import Store
+from .zone import Zone, Zones
+
+
+def emit_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def read_zones(store: Store, zones: Sequence[str]) -> list[str]:
+    """Commands that read cover every zone unless --zone names some."""
+    have = store.zone_names()
+    names = [zone_name(z) for z in zones] or have
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise DnsblError(f"no zone {missing[0]!r} (zones: {', '.join(have) or 'none'})")
+    return names
+
+
+# --- check ------------------------------------------------------------------------------------
+
+
+def query_name(family: int, address: int, zone: str) -> str:
+    if family == 4:
+        return ".".join(reversed(format_address(4, address).split("."))) + "." + zone
+    return ".".join(reversed(f"{address:032x}")) + "." + zone
+
+
+def check_zone(store: Store, zone: str, family: int, address: int, now: float) -> dict[str, Any]:
+    """What the DNS answers for one address in one zone, and the entries behind it."""
+    candidates = store.candidates(zone, family, address)
+    view = Zones.of([Zone(zone, ZoneIndex.build(candidates))])
+    name = query_name(family, address, zone)
+    codes = [str(r.data) for r in resolve(Question(name, A), view, now).answer]
+    texts = [str(r.data) for r in resolve(Question(name, TXT), view, now).answer]
+    answering = {e.key for e in decide(candidates, now)}
+    live = [e.key for e in candidates if e.live(now)]
+    entries = [dict(d, answers=(d["target"], d["source"]) in answering) for d in store.details(zone, live)]
+    return {
+        "zone": zone,
+        "listed": bool(codes),
+        "codes": codes,
+        "txt": texts,
+        "entries": [_entry_json(e) for e in entries],
+    }
+
+
+def _entry_json(e: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "target": e["target"],
+        "source": e["source"],
+        "code": None if e["excluded"] else format_address(4, e["code"]),
+        "reason": e["reason"],
+        "excluded": bool(e["excluded"]),
+        "answers": e["answers"],
+        "created": format_time(e["created"]),
+        "updated": format_time(e["updated"]),
+        "expires": format_time(e["expires"]) or None,
+    }
+
+
+def print_check(result: dict[str, Any]) -> None:
+    for z in result["zones"]:
+        verdict = "LISTED " + " ".join(z["codes"]) if z["listed"] else "not listed"
+        click.echo(f"{result['address']} {z['zone']}: {verdict}")
+        for text in z["txt"]:
+            click.echo(f"  TXT {text!r}")
+        for e in z["entries"]:
+            role = "answers" if e["answers"] else ("excludes" if e["excluded"] else "covers, less specific")
+            expiry = e["expires"] or "never"
+            click.echo(f"  {e['target']} ({e['source']}) {role}; created {e['created']}, expires {expiry}")
+
+
+@main.command()
+@db_option
+@click.option("--zone", "zones", multiple=True, metavar="NAME", help="Only this zone (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (layout in the README).")
+@click.argument("addresses", nargs=-1, required=True)
+@guarded
+def check(db: str | None, zones: Sequence[str], as_json: bool, addresses: Sequence[str]) -> None:
+    """Is ADDRESS listed? What the DNS answers, per zone, and why. Exit 0 if any is listed, 1 if none."""
+    now = time.time()
+    parsed = [(text, *parse_address(text)) for text in addresses]
+    store = open_store(db)
+    names = read_zones(store, zones)
+    results = []
+    for text, family, address in parsed:
+        per_zone = [check_zone(store, z, family, address, now) for z in names]
+        results.append(
+            {
+                "address": format_address(family, address),
+                "query": text,
+                "listed": any(z["listed"] for z in per_zone),
+                "zones": per_zone,
+            }
+        )
+    if as_json:
+        emit_json(results)
+    else:
+        for result in results:
+            print_check(result)
+    sys.exit(EXIT_OK if any(r["listed"] for r in results) else EXIT_NEGATIVE)
+
+
+# --- list -------------------------------------------------------------------------------------
+
+
+def entry_row(row: dict[str, Any], now: float) -> dict[str, Any]:
+    excluded = str(row["target"]).startswith("!")
+    return {
+        "zone": row["zone"],
+        "target": row["target"],
+        "code": None if excluded else format_address(4, row["code"]),
+        "reason": row["reason"],
+        "source": row["source"],
+        "created": format_time(row["created"]),
+        "updated": format_time(row["updated"]),
+        "expires": format_time(row["expires"]) or None,
+        "expired": row["expires"] is not None and row["expires"] <= now,
+    }
+
+
+@main.command("list")
+@db_option
+@click.option("--zone", "zones", multiple=True, metavar="NAME", help="Only this zone (repeatable).")
+@click.option("--source", metavar="NAME", help="Only this source (and its sub-sources).")
+@click.option("--expired", is_flag=True, help="Only expired entries not purged yet.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True
+)
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@guarded
+def list_(
+    db: str | None, zones: Sequence[str], source: str | None, expired: bool, fmt: str, as_json: bool
+) -> None:
+    """List entries (live ones; --expired for those past their expiry). Exit 1 if none."""
+    now = time.time()
+    store = open_store(db)
+    names = read_zones(store, zones)
+    fmt = "json" if as_json else fmt
+    if fmt == "csv" and len(names) > 1:
+        raise DnsblError(f"CSV has no zone column: give --zone (zones: {', '.join(names)})")
+    raw = list(store.list_entries(names, source=source, expired=expired or False, now=now))
+    rows = [entry_row(r, now) for r in raw]
+    if fmt == "json":
+        emit_json(rows)
+    elif fmt == "csv":
+        from .export import write_csv
+
+        for line in write_csv((r["target"], r["source"], r["code"], r["reason"], r["expires"]) for r in raw):
+            click.echo(line)
+    else:
+        print_table(rows)
+    sys.exit(EXIT_OK if rows else EXIT_NEGATIVE)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    columns = ("zone", "target", "code", "source", "expires", "reason")
+    cells = [[str(r[c] if r[c] is not None else "-") for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    for row in [list(columns), *cells]:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+# --- stats, expire ----------------------------------------------------------------------------
+
+
+@main.command()
+@db_option
+@click.option("--zone", "zones", multiple=True, metavar="NAME", help="Only this zone (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (layout in the README).")
+@guarded
+def stats(db: str | None, zones: Sequence[str], as_json: bool) -> None:
+    """Entries per zone and source, last change, serial."""
+    now = time.time()
+    store = open_store(db)
+    data = [store.stats(name, now) for name in read_zones(store, zones)]
+    for zone in data:
+        zone["last_change"] = format_time(zone["last_change"])  # type: ignore[arg-type]
+        for source in zone["sources"]:  # type: ignore[attr-defined]
+            source["last_change"] = format_time(source["last_change"])
+    if as_json:
+        emit_json(data)
+        return
+    for zone in data:
+        click.echo(
+            f"{zone['zone']}: {zone['entries']} entries, serial {zone['serial']}, "
+            f"last change {zone['last_change']}"
+        )
+        for s in zone["sources"]:  # type: ignore[attr-defined]
+            click.echo(
+                f"  {s['source']}: {s['listings']} listed, {s['exclusions']} excluded, "
+                f"{s['expired']} expired, last change {s['last_change']}"
+            )
+
+
+@main.command()
+@db_option
+@click.option("--zone", "zones", multiple=True, metavar="NAME", help="Only this zone (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="JSON output: {zone: count}.")
+@guarded
+def expire(db: str | None, zones: Sequence[str], as_json: bool) -> None:
+    """Purge expired entries (the server already ignores them) and old journal rows."""
+    now = time.time()
+    store = open_store(db)
+    purged = store.expire(read_zones(store, zones), now)
+    if as_json:
+        emit_json(purged)
+    else:
+        for zone, count in purged.items():
+            click.echo(f"{zone}: {count} expired entr{'y' if count == 1 else 'ies'} purged")
+
+
+# --- allowlist --------------------------------------------------------------------------------
+
+
+@main.group()
+def allowlist() -> None:
+    """Ranges that automatic sources (the trap) never list."""
+
+
+@allowlist.command("add")
+@db_option
+@click.option("--zone", metavar="NAME", help="Only for this zone (default: every zone).")
+@click.option("--reason", default="", metavar="TEXT")
+@click.argument("targets", nargs=-1, required=True)
+@guarded
+def allowlist_add(db: str | None, zone: str | None, reason: str, targets: Sequence[str]) -> None:
+    parsed = [parse_target(t) for t in targets]
+    if any(t.excluded for t in parsed):
+        raise DnsblError("an allowlist range cannot be an exclusion (drop the !)")
+    store = open_store(db)
+    name = pick_zone(store, zone, time.time(), create=False) if zone else ""
+    store.allow(name, parsed, reason, time.time())
+    click.echo(f"{len(parsed)} range(s) allowlisted for {name or 'every zone'}")
+
+
+@allowlist.command("remove")
+@db_option
+@click.option("--zone", metavar="NAME", help="The zone the range was added for (default: every zone).")
+@click.argument("targets", nargs=-1, required=True)
+@guarded
+def allowlist_remove(db: str | None, zone: str | None, targets: Sequence[str]) -> None:
+    parsed = [parse_target(t) for t in targets]
+    removed = open_store(db).disallow(zone_name(zone) if zone else "", parsed)
+    for text in removed:
+        click.echo(f"removed {text} from the allowlist")
+    builtin_texts = {a.text for a in builtin()}
+    for t in parsed:
+        if format_target(t) in builtin_texts:
+            click.echo(f"{format_target(t)} is built in and cannot be removed", err=True)
+    sys.exit(EXIT_OK if removed else EXIT_NEGATIVE)
+
+
+@allowlist.command("list")
+@db_option
+@click.option("--zone", metavar="NAME", help="Ranges that apply to this zone.")
+@click.option("--json", "as_json", is_flag=True)
+@guarded
+def allowlist_list(db: str | None, zone: str | None, as_json: bool) -> None:
+    stored = open_store(db).allowlist(zone_name(zone) if zone else None)
+    rows = [
+        {"target": a.text, "zone": a.zone or None, "reason": a.reason, "builtin": built}
+        for built, group in ((True, builtin()), (False, stored))
+        for a in group
+    ]
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        where = r["zone"] or "every zone"
+        click.echo(f"{r['target']:<20} {where:<24} {'built in' if r['builtin'] else r['reason']}")

@@ -1,0 +1,173 @@
+"""`dnsbl import` and `dnsbl export`: lists in and out as files (README, "Import and export").
+
+Thin: parsing lives in imports.py and zonefile.py, flattening and formats in export.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+
+import click
+
+from .addresses import parse_code, parse_when
+from .cli import check_source, db_option, guarded, main, open_store, pick_zone
+from .config import Settings, from_file
+from .errors import DnsblError
+from .imports import Batch
+
+
+def read_input(path: str) -> Iterator[str]:
+    """Lines of FILE (gzip or not) or of stdin (`-`), with a progress bar on a terminal."""
+    if path == "-":
+        yield from click.get_text_stream("stdin")
+        return
+    from .zonefile import read_lines
+
+    try:
+        size = os.path.getsize(path)
+        lines = read_lines(path)
+        if not sys.stderr.isatty():
+            yield from lines
+            return
+        with click.progressbar(length=size, label=f"reading {path}", file=sys.stderr) as bar:
+            for line in lines:
+                bar.update(len(line))
+                yield line
+    except OSError as error:
+        raise DnsblError(f"{path}: cannot read: {error.strerror}") from None
+
+
+def parse_input(
+    path: str,
+    kind: str,
+    source: str,
+    code: int,
+    reason: str,
+    expires: float | None,
+    loose: bool,
+    csv_source: str | None,
+) -> Batch:
+    from .imports import csv_rows, plain_rows, rbldnsd_rows
+
+    name = "<stdin>" if path == "-" else path
+    lines = read_input(path)
+    if kind == "csv":
+        return csv_rows(lines, name, csv_source, loose=loose)
+    if kind == "plain":
+        return plain_rows(lines, name, source, code, reason, expires, loose=loose)
+    return rbldnsd_rows(kind, lines, name, source, expires, loose=loose)
+
+
+def report_problems(problems: list[str], limit: int = 20) -> None:
+    for problem in problems[:limit]:
+        click.echo(problem, err=True)
+    if len(problems) > limit:
+        click.echo(f"... and {len(problems) - limit} more", err=True)
+
+
+@main.command("import")
+@db_option
+@click.option("--zone", metavar="NAME", help="Zone to fill (created if missing). Default: the only zone.")
+@click.option(
+    "--type",
+    "kind",
+    metavar="TYPE",
+    help="ip4set, ip4tset, ip4trie, ip6trie, ip6tset, plain or csv. Default: from the extension.",
+)
+@click.option("--source", metavar="NAME", help="Source of the entries (default: import; wins over CSV's).")
+@click.option("--replace", is_flag=True, help="Swap the source's entries for the file's (for feeds).")
+@click.option("--skip-bad", is_flag=True, help="Import the good lines, report the bad ones.")
+@click.option("--loose", is_flag=True, help="Accept CIDRs with host bits set (rbldnsd -e).")
+@click.option("--code", default="2", show_default=True, metavar="127.0.0.N|N", help="A value (plain).")
+@click.option("--reason", default="", metavar="TEXT", help="TXT template (plain).")
+@click.option("--expires", metavar="WHEN", help="Expiry for every imported entry (not CSV).")
+@click.argument("path", metavar="FILE|-")
+@guarded
+def import_(
+    db: str | None,
+    zone: str | None,
+    kind: str | None,
+    source: str | None,
+    replace: bool,
+    skip_bad: bool,
+    loose: bool,
+    code: str,
+    reason: str,
+    expires: str | None,
+    path: str,
+) -> None:
+    """Import entries from an rbldnsd data file, a plain list, or CSV, in one transaction."""
+    from .imports import type_for
+
+    now = time.time()
+    kind = type_for(path, kind)
+    if source is not None:
+        check_source(source)
+    if replace and kind == "csv" and source is None:
+        raise DnsblError("--replace with CSV needs --source: which source's entries to swap")
+    when = parse_when(expires, now=now) if expires else None
+    batch = parse_input(path, kind, source or "import", parse_code(code), reason, when, loose, source)
+    report_problems(batch.problems)
+    if batch.problems and not skip_bad:
+        raise DnsblError(
+            f"{len(batch.problems)} bad line(s) in {path}: nothing imported (--skip-bad imports the rest)"
+        )
+    store = open_store(db)
+    name = pick_zone(store, zone, now, create=True)
+    count = store.import_rows(name, batch.rows, replace=(source or "import") if replace else None, now=now)
+    skipped = f", {len(batch.problems)} bad line(s) skipped" if batch.problems else ""
+    click.echo(f"imported {count} entr{'y' if count == 1 else 'ies'} into {name} from {path}{skipped}")
+
+
+def atomic_write(path: str | None, lines: Iterable[str]) -> None:
+    """Write to a temp file beside `path` and rename it over, so readers never see half a file."""
+    if path is None or path == "-":
+        out = click.get_text_stream("stdout")
+        for line in lines:
+            out.write(line + "\n")
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(prefix=".dnsbl-export-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            for line in lines:
+                handle.write(line + "\n")
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
+
+
+@main.command("export")
+@db_option
+@click.option("--zone", metavar="NAME", help="Zone to export. Default: the only zone.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["combined", "ip4set", "ip6trie", "bind", "csv"]),
+    default="combined",
+    show_default=True,
+)
+@click.option("-o", "--output", metavar="FILE", help="Write here (temp file + rename); default stdout.")
+@click.option("--config", "config_path", metavar="FILE", help="TOML config (zone SOA, NS, TTL).")
+@guarded
+def export(db: str | None, zone: str | None, fmt: str, output: str | None, config_path: str | None) -> None:
+    """Write a zone as rbldnsd data, a BIND zone file, or CSV."""
+    from .export import WRITERS, write_csv
+    from .loader import build_zone
+
+    now = time.time()
+    settings, _ = from_file(config_path) if config_path else (Settings(), None)
+    store = open_store(db)
+    name = pick_zone(store, zone, now, create=False)
+    if fmt == "csv":
+        rows = ((e.key[0], e.key[1], e.code, e.reason, e.expires) for e in store.entries(name))
+        atomic_write(output, write_csv(sorted(rows)))
+        return
+    built = build_zone(store, name, settings.settings_for(name), now)
+    atomic_write(output, WRITERS[fmt](built, now))
