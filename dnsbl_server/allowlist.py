@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .addresses import Target, format_target, parse_target
 
@@ -31,8 +32,7 @@ BUILTIN = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Allowed:
+class Allowed(NamedTuple):
     target: Target
     zone: str  # '' for every zone
     reason: str

@@ -10,14 +10,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import click
 
 from .addresses import parse_code, parse_when
 from .cli import check_source, db_option, guarded, main, open_store, pick_zone
-from .config import Settings, from_file
+from .config import Settings, from_file, zone_name
 from .errors import DnsblError
-from .imports import Batch
+
+if TYPE_CHECKING:
+    from .imports import Batch
 
 
 def read_input(path: str) -> Iterator[str]:
@@ -110,15 +113,19 @@ def import_(
     if replace and kind == "csv" and source is None:
         raise DnsblError("--replace with CSV needs --source: which source's entries to swap")
     when = parse_when(expires, now=now) if expires else None
-    batch = parse_input(path, kind, source or "import", parse_code(code), reason, when, loose, source)
-    report_problems(batch.problems)
-    if batch.problems and not skip_bad:
-        raise DnsblError(
-            f"{len(batch.problems)} bad line(s) in {path}: nothing imported (--skip-bad imports the rest)"
-        )
     store = open_store(db)
-    name = pick_zone(store, zone, now, create=True)
-    count = store.import_rows(name, batch.rows, replace=(source or "import") if replace else None, now=now)
+    name = zone_name(zone) if zone else pick_zone(store, None, now, create=False)
+    batch = parse_input(path, kind, source or "import", parse_code(code), reason, when, loose, source)
+
+    def verify() -> None:  # every line has been read: stop here, before the commit, if any was bad
+        report_problems(batch.problems)
+        if batch.problems and not skip_bad:
+            raise DnsblError(
+                f"{len(batch.problems)} bad line(s) in {path}: nothing imported (--skip-bad imports the rest)"
+            )
+
+    replaced = (source or "import") if replace else None
+    count = store.import_rows(name, batch.rows, replace=replaced, now=now, verify=verify)
     skipped = f", {len(batch.problems)} bad line(s) skipped" if batch.problems else ""
     click.echo(f"imported {count} entr{'y' if count == 1 else 'ies'} into {name} from {path}{skipped}")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -74,6 +73,8 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    import tomllib  # only when there is a file: keeps `dnsbl check` start-up short
+
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)

@@ -10,10 +10,10 @@ they stop the import. Pure, except reading the lines it is given.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .addresses import Target, format_target, parse_code, parse_date, parse_target
+from .addresses import Target, parse_code, parse_date, parse_target
 from .errors import DnsblError, TargetError
 from .zonefile import IP_TYPES, Reader, rbldnsd_blocks
 
@@ -33,7 +33,10 @@ class Row:
 
 @dataclass
 class Batch:
-    rows: list[Row] = field(default_factory=list)
+    """Rows as they are read (an iterator: a million-line file is never held whole), and the
+    problems found so far; the list is complete once `rows` is exhausted."""
+
+    rows: Iterator[Row] = field(default_factory=lambda: iter(()))
     problems: list[str] = field(default_factory=list)
 
 
@@ -53,29 +56,34 @@ class Dedup:
     """One entry per (target, source, value); a second value for a target gets source `NAME:n`."""
 
     def __init__(self) -> None:
-        self.seen: dict[tuple[str, str], list[tuple[int, str]]] = {}
+        self.seen: dict[tuple[int, int, int, bool], tuple[tuple[int, str], ...]] = {}
 
     def source_for(self, target: Target, source: str, code: int, reason: str) -> str | None:
-        values = self.seen.setdefault((format_target(target), source), [])
+        key = (target.family, target.lo, target.hi, target.excluded)
+        values = self.seen.get(key, ())
         if (code, reason) in values:
             return None  # an exact repeat
-        values.append((code, reason))
-        return source if len(values) == 1 else f"{source}:{len(values)}"
+        self.seen[key] = (*values, (code, reason))
+        return source if not values else f"{source}:{len(values) + 1}"
 
 
 def rbldnsd_rows(
     kind: str, lines: Iterable[str], path: str, source: str, expires: float | None, *, loose: bool = False
 ) -> Batch:
     reader = Reader(kind, loose=loose)
-    parsed = reader.read(lines, path)
-    batch, dedup = Batch(problems=parsed.problems), Dedup()
-    for item in parsed.items:
+    return Batch(_rbldnsd(reader, kind, lines, path, source, expires), reader.parsed.problems)
+
+
+def _rbldnsd(
+    reader: Reader, kind: str, lines: Iterable[str], path: str, source: str, expires: float | None
+) -> Iterator[Row]:
+    dedup = Dedup()
+    for item in reader.iter(lines, path):
         reason = item.txt or ""
         for block in rbldnsd_blocks(item, kind):
             src = dedup.source_for(block, source, item.code, reason)
             if src is not None:
-                batch.rows.append(Row(block, src, item.code, reason, expires))
-    return batch
+                yield Row(block, src, item.code, reason, expires)
 
 
 def plain_rows(
@@ -89,7 +97,21 @@ def plain_rows(
     loose: bool = False,
 ) -> Batch:
     """One address, CIDR or range a line (either family); `#` and `;` start comments."""
-    batch, dedup = Batch(), Dedup()
+    problems: list[str] = []
+    return Batch(_plain(lines, path, source, code, reason, expires, loose, problems), problems)
+
+
+def _plain(
+    lines: Iterable[str],
+    path: str,
+    source: str,
+    code: int,
+    reason: str,
+    expires: float | None,
+    loose: bool,
+    problems: list[str],
+) -> Iterator[Row]:
+    dedup = Dedup()
     for number, raw in enumerate(lines, 1):
         text = raw.split("#", 1)[0].split(";", 1)[0].strip()
         if not text:
@@ -97,29 +119,33 @@ def plain_rows(
         try:
             target = parse_target(text.split()[0], loose=loose)
         except TargetError as error:
-            batch.problems.append(f"{path}:{number}: {error}")
+            problems.append(f"{path}:{number}: {error}")
             continue
         if dedup.source_for(target, source, code, reason) is not None:
-            batch.rows.append(Row(target, source, code, reason, expires))
-    return batch
+            yield Row(target, source, code, reason, expires)
 
 
 def csv_rows(lines: Iterable[str], path: str, source: str | None, *, loose: bool = False) -> Batch:
     """The header `target,code,reason,source,expires` (what `export --format csv` writes)."""
-    batch = Batch()
+    problems: list[str] = []
+    return Batch(_csv(lines, path, source, loose, problems), problems)
+
+
+def _csv(
+    lines: Iterable[str], path: str, source: str | None, loose: bool, problems: list[str]
+) -> Iterator[Row]:
     reader = csv.reader(lines)
     header = next(reader, None)
     if header is None or tuple(h.strip().lower() for h in header) != CSV_COLUMNS:
-        batch.problems.append(f"{path}:1: the header must be {','.join(CSV_COLUMNS)}")
-        return batch
+        problems.append(f"{path}:1: the header must be {','.join(CSV_COLUMNS)}")
+        return
     for number, fields in enumerate(reader, 2):
         if not fields or not "".join(fields).strip():
             continue
         try:
-            batch.rows.append(_csv_row(fields, source, loose))
+            yield _csv_row(fields, source, loose)
         except (TargetError, ValueError) as error:
-            batch.problems.append(f"{path}:{number}: {error}")
-    return batch
+            problems.append(f"{path}:{number}: {error}")
 
 
 def _csv_row(fields: list[str], source: str | None, loose: bool) -> Row:

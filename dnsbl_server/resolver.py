@@ -17,7 +17,7 @@ Negative answers carry the SOA in authority with TTL min(SOA TTL, minimum) (RFC 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .addresses import MAPPED_BASE, V4_MAX, format_address, query_address, v4_prefix, v6_prefix
 from .index import Entry
@@ -33,16 +33,14 @@ TEST_UNLISTED = 0x7F000001  # 127.0.0.1
 TXT_LIMIT = 254  # rbldnsd serves at most 254 bytes of an expanded text (tried: 255 comes out as 254)
 
 
-@dataclass(frozen=True, slots=True)
-class Question:
+class Question(NamedTuple):
     name: str  # as asked: case preserved, no trailing dot ("" is the root)
     qtype: int
     qclass: int = IN
     opcode: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     name: str
     rtype: int
     ttl: int
@@ -50,8 +48,7 @@ class Record:
     rclass: int = IN
 
 
-@dataclass(frozen=True, slots=True)
-class Soa:
+class Soa(NamedTuple):
     mname: str
     rname: str
     serial: int
@@ -61,20 +58,21 @@ class Soa:
     minimum: int
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     rcode: int
     answer: tuple[Record, ...] = ()
     authority: tuple[Record, ...] = ()
     authoritative: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class Options:
+class Options(NamedTuple):
     version: str | None = None  # None hides it (`--hide-version`)
 
 
-def resolve(question: Question, zones: Zones, now: float, options: Options = Options()) -> Answer:
+DEFAULT_OPTIONS = Options()
+
+
+def resolve(question: Question, zones: Zones, now: float, options: Options = DEFAULT_OPTIONS) -> Answer:
     if question.opcode != 0:
         return Answer(NOTIMP, authoritative=False)
     if question.qclass == CH:

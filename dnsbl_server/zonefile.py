@@ -25,6 +25,7 @@ from .addresses import (
     V4_MAX,
     Target,
     cidr_prefix,
+    format_target,
     parse_duration,
     parse_target,
 )
@@ -43,7 +44,7 @@ class Item:
     target: Target
     code: int
     txt: str | None  # template with `$` for the address; None: no TXT
-    where: str  # FILE:LINE
+    line: int
 
 
 @dataclass
@@ -94,8 +95,25 @@ class Scope:
     variables: dict[str, str] = field(default_factory=dict)
     base: str | None = None  # `$=`
     maxrange4: int = 1 << 32
+    cache: dict[tuple[str | None, bool], str | None] = field(default_factory=dict)
+
+    def set_default(self, code: int, txt: str | None) -> None:
+        self.code, self.txt = code, txt
+        self.changed()
+
+    def changed(self) -> None:
+        self.cache.clear()
 
     def template(self, txt: str | None, given: bool) -> str | None:
+        """The entry's TXT template (cached: most lines share the default one)."""
+        if given:  # an entry's own text: rarely repeated, not worth keeping
+            return self._template(txt, given)
+        key = (txt, given)
+        if key not in self.cache:
+            self.cache[key] = self._template(txt, given)
+        return self.cache[key]
+
+    def _template(self, txt: str | None, given: bool) -> str | None:
         text = txt if given else self.txt
         if self.base is not None:
             if text and text.startswith("="):
@@ -143,7 +161,7 @@ def _stamp(text: str) -> float | None:
         raise LineError(f"invalid timestamp {text!r}") from None
 
 
-def special(name: str, rest: str, scope: Scope, specials: Specials, where_path: str) -> None:
+def special(name: str, rest: str, scope: Scope, specials: Specials) -> None:
     args = rest.split()
     if len(name) == 1 and name.isdigit():
         scope.variables[name] = rest
@@ -260,47 +278,70 @@ class Reader:
         self.scope = Scope()
 
     def read(self, lines: Iterable[str], path: str) -> Parsed:
-        self.scope.code, self.scope.txt = DEFAULT_CODE, None  # `:A:TXT` defaults end with the file
+        self.parsed.items.extend(self.iter(lines, path))
+        return self.parsed
+
+    def iter(self, lines: Iterable[str], path: str) -> Iterator[Item]:
+        """Items as they are read; problems go to `self.parsed.problems` as `FILE:LINE: problem`."""
+        self.scope.set_default(DEFAULT_CODE, None)  # `:A:TXT` defaults end with the file
         for number, raw in enumerate(lines, 1):
             try:
-                item = self.line(raw.rstrip("\r\n"), f"{path}:{number}")
+                item = self.line(raw.rstrip("\r\n"), number)
             except LineError as error:
                 self.parsed.problems.append(f"{path}:{number}: {error}")
                 continue
             if item is not None:
-                self.parsed.items.append(item)
-        return self.parsed
+                yield item
 
-    def line(self, raw: str, where: str) -> Item | None:
+    def line(self, raw: str, number: int) -> Item | None:
         text = raw.strip()
+        if not text or text[0] in "#;:$":
+            return self.not_an_entry(text, number)
+        return self.entry(text, number)
+
+    def not_an_entry(self, text: str, number: int) -> Item | None:
         match = SPECIAL.match(text)
         if match:
-            special(match.group(1), match.group(2).strip(), self.scope, self.parsed.specials, where)
+            special(match.group(1), match.group(2).strip(), self.scope, self.parsed.specials)
+            self.scope.changed()
             return None
         if not text or text[0] in "#;":
             return None
         if text.startswith(":") and not self._v6_address_first(text):
             code, txt, given = split_value(text)
-            self.scope.code = code if code is not None else DEFAULT_CODE
-            self.scope.txt = txt if given else None
+            self.scope.set_default(code if code is not None else DEFAULT_CODE, txt if given else None)
             return None
-        return self.entry(text, where)
+        return self.entry(text, number)
 
     def _v6_address_first(self, text: str) -> bool:
         """In IPv6 datasets `::1` is an address, not a `:A:TXT` default line."""
         return self.kind.startswith("ip6") and re.match(r"^::[0-9a-fA-F.:/]*(\s|$)", text) is not None
 
-    def entry(self, text: str, where: str) -> Item | None:
-        key, rest = split_line(text, self.kind.startswith("ip6"))
-        target = parse_key(key, self.kind, self.loose)
+    def entry(self, text: str, number: int) -> Item | None:
+        quad = _QUAD.match(text) if self.kind.startswith("ip4") else None
+        a, b, c, d = map(int, quad.groups()) if quad else (256, 0, 0, 0)
+        if a < 256 and b < 256 and c < 256 and d < 256:  # the common line, parsed quickly
+            value = (a << 24) | (b << 16) | (c << 8) | d
+            target, rest = Target(4, value, value), text[quad.end() :].strip()
+            rest = ":" + rest[1:].lstrip() if rest.startswith(":") else rest
+        else:
+            key, rest = split_line(text, self.kind.startswith("ip6"))
+            target = parse_key(key, self.kind, self.loose)
         if target.family == 4 and target.size > self.scope.maxrange4:
-            raise LineError(f"{key} is larger than $MAXRANGE4 ({self.scope.maxrange4} addresses)")
+            raise LineError(
+                f"{format_target(target)} is larger than $MAXRANGE4 ({self.scope.maxrange4} addresses)"
+            )
         if target.excluded:
-            return Item(target, 0, None, where)
+            return Item(target, 0, None, number)
         if rest[:1] in ("#", ";"):
             rest = ""
         code, txt, given = split_value(rest) if rest else (None, None, False)
-        return Item(target, self.scope.code if code is None else code, self.scope.template(txt, given), where)
+        return Item(
+            target, self.scope.code if code is None else code, self.scope.template(txt, given), number
+        )
+
+
+_QUAD = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?=[\s:#;]|$)")
 
 
 def read_lines(path: str | Path) -> Iterator[str]:
@@ -347,6 +388,9 @@ def octet_blocks(lo: int, hi: int) -> Iterator[tuple[int, int]]:
 def rbldnsd_blocks(item: Item, kind: str) -> Iterator[Target]:
     """The item's target cut so that most-specific-wins answers as rbldnsd's `kind` does."""
     t = item.target
+    if t.lo == t.hi:
+        yield t
+        return
     if kind in ("ip4set", "ip4tset"):
         pieces: Iterable[tuple[int, int]] = octet_blocks(t.lo, t.hi)
     else:
