@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from .errors import TargetError
 
@@ -27,8 +27,7 @@ TOP = {4: V4_MAX, 6: V6_MAX}
 BITS = {4: 32, 6: 128}
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(NamedTuple):
     """An inclusive address range of one family; `excluded` means "never listed"."""
 
     family: int

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .addresses import Target, parse_code, parse_date, parse_target
 from .errors import DnsblError, TargetError
@@ -22,8 +23,7 @@ CSV_COLUMNS = ("target", "code", "reason", "source", "expires")
 DEFAULT_CODE = 0x7F000002
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
+class Row(NamedTuple):
     target: Target
     source: str
     code: int

@@ -281,17 +281,23 @@ class Store:
         last row and before the commit, and raising there undoes it all. Journalled as one bulk
         change: the server rebuilds the zone."""
         written = 0
-        # A big page cache keeps the indexes' random inserts in memory (the default 2 MB thrashes).
+        # Rows go to an unindexed staging table first, then into `entries` in one sorted statement:
+        # index inserts in key order, in C, are several times cheaper than a million random ones.
         self.conn.execute("PRAGMA cache_size = -262144")
         with self.transaction():
             self._create_zone(zone, now)
             if replace is not None:
                 clause, params = source_clause(replace)
                 self.conn.execute(f"DELETE FROM entries WHERE zone = ? AND {clause}", [zone, *params])
-            for params in _prefetched(_param_chunks(zone, rows, now)):
-                self.conn.executemany(UPSERT, params)
-                written += len(params)
-            verify()
+            self.conn.execute(f"CREATE TEMP TABLE staging AS SELECT {STAGED} FROM entries WHERE 0")
+            try:
+                for params in _prefetched(_param_chunks(zone, rows, now)):
+                    self.conn.executemany(f"INSERT INTO staging VALUES ({','.join('?' * 14)})", params)
+                    written += len(params)
+                verify()
+                self.conn.execute(MERGE_STAGED)
+            finally:
+                self.conn.execute("DROP TABLE temp.staging")
             self._journal(zone, None, None, "reload", now)
             self._bump(zone, now)
         return written
@@ -497,11 +503,19 @@ class Store:
         return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
 
 
-UPSERT = (
-    "INSERT INTO entries (zone, target, source, family, lo, hi, excluded, code, reason, "
-    "created, updated, expires, plen, net) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+STAGED = "zone, target, source, family, lo, hi, excluded, code, reason, created, updated, expires, plen, net"
+UPDATE_ON_CONFLICT = (
     "ON CONFLICT (zone, target, source) DO UPDATE SET code = excluded.code, "
     "reason = excluded.reason, updated = excluded.updated, expires = excluded.expires"
+)
+# `WHERE true` tells SQLite's parser the ON CONFLICT belongs to the INSERT, not to a join.
+MERGE_STAGED = (
+    f"INSERT INTO entries ({STAGED}) SELECT {STAGED} FROM temp.staging WHERE true "
+    f"ORDER BY zone, target, source {UPDATE_ON_CONFLICT}"
+)
+UPSERT = (
+    "INSERT INTO entries (zone, target, source, family, lo, hi, excluded, code, reason, "
+    f"created, updated, expires, plen, net) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) {UPDATE_ON_CONFLICT}"
 )
 
 

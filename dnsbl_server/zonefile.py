@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from .addresses import (
     V4_MAX,
@@ -39,8 +40,7 @@ class LineError(Exception):
     """One line of a data file does not parse; the message says why."""
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
+class Item(NamedTuple):
     target: Target
     code: int
     txt: str | None  # template with `$` for the address; None: no TXT
@@ -115,10 +115,10 @@ class Scope:
 
     def _template(self, txt: str | None, given: bool) -> str | None:
         text = txt if given else self.txt
-        if self.base is not None:
-            if text and text.startswith("="):
-                return self.expand(text[1:]) or None
-            return self.expand(self.base, text or "$") or None
+        if text and text.startswith("="):  # opts out of `$=`; the `=` goes even with no base
+            return self.expand(text[1:]) or None
+        if self.base is not None:  # the entry's text goes in as written: its `$`s stay `$`s
+            return self.expand(self.base, text.replace("$", "$$") if text else "$") or None
         return self.expand(text) if text else None
 
     def expand(self, text: str | None, own: str = "") -> str:
@@ -131,7 +131,7 @@ class Scope:
             return "$$"
         if name == "=":
             return own
-        return self.variables.get(name, "")
+        return self.variables.get(name, "$$" + name)  # undefined: the text `$5` itself
 
 
 # --- specials ---------------------------------------------------------------------------------
@@ -164,9 +164,9 @@ def _stamp(text: str) -> float | None:
 def special(name: str, rest: str, scope: Scope, specials: Specials) -> None:
     args = rest.split()
     if len(name) == 1 and name.isdigit():
-        scope.variables[name] = rest
+        scope.variables.setdefault(name, rest)  # the first definition counts (as rbldnsd)
     elif name == "=":
-        scope.base = rest
+        scope.base = rest if scope.base is None else scope.base
     elif name == "TTL":
         specials.ttl = _time(args[0]) if args else None
     elif name == "SOA":
@@ -276,6 +276,7 @@ class Reader:
         self.kind, self.loose = kind, loose
         self.parsed = Parsed()
         self.scope = Scope()
+        self.defaults_seen = False
 
     def read(self, lines: Iterable[str], path: str) -> Parsed:
         self.parsed.items.extend(self.iter(lines, path))
@@ -308,8 +309,11 @@ class Reader:
         if not text or text[0] in "#;":
             return None
         if text.startswith(":") and not self._v6_address_first(text):
+            if self.kind.endswith("tset") and self.defaults_seen:
+                return None  # the trivial sets keep their first default line only
             code, txt, given = split_value(text)
             self.scope.set_default(code if code is not None else DEFAULT_CODE, txt if given else None)
+            self.defaults_seen = True
             return None
         return self.entry(text, number)
 
