@@ -131,7 +131,9 @@ class Scope:
             return "$$"
         if name == "=":
             return own
-        return self.variables.get(name, "$$" + name)  # undefined: the text `$5` itself
+        if name not in self.variables:
+            return "$$" + name  # undefined: the text `$5` itself
+        return self.variables[name].replace("$", "$$")  # a variable's text goes in as written
 
 
 # --- specials ---------------------------------------------------------------------------------
