@@ -80,7 +80,8 @@ def _rbldnsd(
     dedup = Dedup()
     for item in reader.iter(lines, path):
         reason = item.txt or ""
-        for block in rbldnsd_blocks(item, kind):
+        blocks = (item.target,) if item.target.lo == item.target.hi else rbldnsd_blocks(item, kind)
+        for block in blocks:
             src = dedup.source_for(block, source, item.code, reason)
             if src is not None:
                 yield Row(block, src, item.code, reason, expires)

@@ -287,7 +287,14 @@ class Reader:
     def iter(self, lines: Iterable[str], path: str) -> Iterator[Item]:
         """Items as they are read; problems go to `self.parsed.problems` as `FILE:LINE: problem`."""
         self.scope.set_default(DEFAULT_CODE, None)  # `:A:TXT` defaults end with the file
+        bare = _BARE_QUAD.match if self.kind.startswith("ip4") else _never
         for number, raw in enumerate(lines, 1):
+            quad = bare(raw)
+            if quad:  # most lines of a big list: an address alone, with the default value
+                item = self.bare_address(quad, number)
+                if item is not None:
+                    yield item
+                    continue
             try:
                 item = self.line(raw.rstrip("\r\n"), number)
             except LineError as error:
@@ -295,6 +302,13 @@ class Reader:
                 continue
             if item is not None:
                 yield item
+
+    def bare_address(self, quad: re.Match[str], number: int) -> Item | None:
+        a, b, c, d = map(int, quad.groups())
+        if a > 255 or b > 255 or c > 255 or d > 255:
+            return None  # let the general path say what is wrong
+        value = (a << 24) | (b << 16) | (c << 8) | d
+        return Item(Target(4, value, value), self.scope.code, self.scope.template(None, False), number)
 
     def line(self, raw: str, number: int) -> Item | None:
         text = raw.strip()
@@ -345,6 +359,13 @@ class Reader:
         return Item(
             target, self.scope.code if code is None else code, self.scope.template(txt, given), number
         )
+
+
+_BARE_QUAD = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\s*$")
+
+
+def _never(_line: str) -> None:
+    return None
 
 
 _QUAD = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?=[\s:#;]|$)")
