@@ -22,6 +22,9 @@ def enclosing(family: int, lo: int, hi: int) -> tuple[int, bytes]:
     return plen, net.to_bytes(bits // 8, "big")
 
 
+ENCLOSING_INDEX = "CREATE INDEX entries_enclosing ON entries (zone, family, plen, net)"
+
+
 def _add_enclosing(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE entries ADD COLUMN plen INTEGER NOT NULL DEFAULT 0")
     conn.execute("ALTER TABLE entries ADD COLUMN net BLOB NOT NULL DEFAULT x''")
@@ -29,7 +32,7 @@ def _add_enclosing(conn: sqlite3.Connection) -> None:
     for rowid, family, lo, hi in rows:
         plen, net = enclosing(family, int.from_bytes(lo, "big"), int.from_bytes(hi, "big"))
         conn.execute("UPDATE entries SET plen = ?, net = ? WHERE id = ?", (plen, net, rowid))
-    conn.execute("CREATE INDEX entries_enclosing ON entries (zone, family, plen, net)")
+    conn.execute(ENCLOSING_INDEX)
 
 
 STEPS: tuple[Step, ...] = (
