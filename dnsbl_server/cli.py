@@ -123,8 +123,10 @@ def serve(
 # --- add / remove -----------------------------------------------------------------------------
 
 
-def open_store(db: str | None) -> Store:
-    return Store.open(resolve_db(db))
+def open_store(db: str | None, *, create: bool = True) -> Store:
+    """Commands that write create the database on first use; commands that only read refuse a
+    missing one (a typo in --db must not read as "not listed")."""
+    return Store.open(resolve_db(db), create=create)
 
 
 def pick_zone(store: Store, zone: str | None, now: float, *, create: bool) -> str:
@@ -228,7 +230,7 @@ def remove(
     if older_than:
         raise DnsblError("--older-than goes with --source and no TARGET")
     parsed = parse_targets(targets, exclude)
-    store = open_store(db)
+    store = open_store(db, create=False)
     name = pick_zone(store, zone, now, create=False)
     removed = store.remove(name, parsed, source=source, now=now)
     for target, src in removed:
@@ -245,7 +247,7 @@ def remove_source(
     if source is None:
         raise DnsblError("give TARGETs to remove, or --source NAME to remove a source's entries")
     cutoff = now - parse_duration(older_than) if older_than else None
-    store = open_store(db)
+    store = open_store(db, create=False)
     name = pick_zone(store, zone, now, create=False)
     count = store.remove_source(name, source, older_than=cutoff, now=now)
     age = f" not updated for {older_than}" if older_than else ""

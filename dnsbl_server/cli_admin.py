@@ -103,7 +103,7 @@ def check(db: str | None, zones: Sequence[str], as_json: bool, addresses: Sequen
     """Is ADDRESS listed? What the DNS answers, per zone, and why. Exit 0 if any is listed, 1 if none."""
     now = time.time()
     parsed = [(text, *parse_address(text)) for text in addresses]
-    store = open_store(db)
+    store = open_store(db, create=False)
     names = read_zones(store, zones)
     results = []
     for text, family, address in parsed:
@@ -157,7 +157,7 @@ def list_(
 ) -> None:
     """List entries (live ones; --expired for those past their expiry). Exit 1 if none."""
     now = time.time()
-    store = open_store(db)
+    store = open_store(db, create=False)
     names = read_zones(store, zones)
     fmt = "json" if as_json else fmt
     if fmt == "csv" and len(names) > 1:
@@ -195,7 +195,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def stats(db: str | None, zones: Sequence[str], as_json: bool) -> None:
     """Entries per zone and source, last change, serial."""
     now = time.time()
-    store = open_store(db)
+    store = open_store(db, create=False)
     data = [store.stats(name, now) for name in read_zones(store, zones)]
     for zone in data:
         zone["last_change"] = format_time(zone["last_change"])  # type: ignore[arg-type]
@@ -224,7 +224,7 @@ def stats(db: str | None, zones: Sequence[str], as_json: bool) -> None:
 def expire(db: str | None, zones: Sequence[str], as_json: bool) -> None:
     """Purge expired entries (the server already ignores them) and old journal rows."""
     now = time.time()
-    store = open_store(db)
+    store = open_store(db, create=False)
     purged = store.expire(read_zones(store, zones), now)
     if as_json:
         emit_json(purged)
@@ -264,7 +264,7 @@ def allowlist_add(db: str | None, zone: str | None, reason: str, targets: Sequen
 @guarded
 def allowlist_remove(db: str | None, zone: str | None, targets: Sequence[str]) -> None:
     parsed = [parse_target(t) for t in targets]
-    removed = open_store(db).disallow(zone_name(zone) if zone else "", parsed)
+    removed = open_store(db, create=False).disallow(zone_name(zone) if zone else "", parsed)
     for text in removed:
         click.echo(f"removed {text} from the allowlist")
     builtin_texts = {a.text for a in builtin()}
@@ -280,7 +280,7 @@ def allowlist_remove(db: str | None, zone: str | None, targets: Sequence[str]) -
 @click.option("--json", "as_json", is_flag=True)
 @guarded
 def allowlist_list(db: str | None, zone: str | None, as_json: bool) -> None:
-    stored = open_store(db).allowlist(zone_name(zone) if zone else None)
+    stored = open_store(db, create=False).allowlist(zone_name(zone) if zone else None)
     rows = [
         {"target": a.text, "zone": a.zone or None, "reason": a.reason, "builtin": built}
         for built, group in ((True, builtin()), (False, stored))

@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -40,8 +41,9 @@ def read_input(path: str) -> Iterator[str]:
             for line in lines:
                 bar.update(len(line))
                 yield line
-    except OSError as error:
-        raise DnsblError(f"{path}: cannot read: {error.strerror}") from None
+    except (OSError, EOFError, zlib.error) as error:  # gzip: EOFError if cut short, zlib.error if damaged
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise DnsblError(f"{path}: cannot read: {reason or 'the gzip data ends early'}") from None
 
 
 def parse_input(
@@ -138,15 +140,20 @@ def atomic_write(path: str | None, lines: Iterable[str]) -> None:
             out.write(line + "\n")
         return
     directory = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=".dnsbl-export-", dir=directory)
+    try:
+        fd, temp = tempfile.mkstemp(prefix=".dnsbl-export-", dir=directory)
+    except OSError as error:
+        raise DnsblError(f"{path}: cannot write: {error.strerror}") from None
     try:
         with os.fdopen(fd, "w") as handle:
             for line in lines:
                 handle.write(line + "\n")
         os.chmod(temp, 0o644)
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as error:
         os.unlink(temp)
+        if isinstance(error, OSError):
+            raise DnsblError(f"{path}: cannot write: {error.strerror}") from None
         raise
 
 
@@ -170,7 +177,7 @@ def export(db: str | None, zone: str | None, fmt: str, output: str | None, confi
 
     now = time.time()
     settings, _ = from_file(config_path) if config_path else (Settings(), None)
-    store = open_store(db)
+    store = open_store(db, create=False)
     name = pick_zone(store, zone, now, create=False)
     if fmt == "csv":
         rows = ((e.key[0], e.key[1], e.code, e.reason, e.expires) for e in store.entries(name))

@@ -517,46 +517,32 @@ MERGE_STAGED = (
     f"WHERE true ORDER BY target, source {UPDATE_ON_CONFLICT}"
 )
 UPSERT = (
-    "INSERT INTO entries (zone, target, source, family, lo, hi, excluded, code, reason, "
-    f"created, updated, expires, plen, net) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) {UPDATE_ON_CONFLICT}"
+    f"INSERT INTO entries (zone, created, updated, {STAGED}) "
+    f"VALUES (?,?,?,{','.join('?' * (STAGED.count(',') + 1))}) {UPDATE_ON_CONFLICT}"
 )
 
 
 def _upsert_params(
     zone: str, t: Target, source: str, code: int, reason: str, expires: float | None, now: float
 ) -> tuple[object, ...]:
+    """(zone, created, updated, *STAGED), as UPSERT takes them."""
+    return (zone, now, now, *_columns(t, source, code, reason, expires))
+
+
+def _columns(t: Target, source: str, code: int, reason: str, expires: float | None) -> tuple[object, ...]:
+    """An entry as the STAGED columns; an exclusion has no code, whoever wrote it."""
     width = _width(t.family)
     lo, hi = t.lo.to_bytes(width, "big"), t.hi.to_bytes(width, "big")
-    text = format_target(t)
     plen, net = enclosing(t.family, t.lo, t.hi)
-    return (zone, text, source, t.family, lo, hi, int(t.excluded), code, reason, now, now, expires, plen, net)
+    code = 0 if t.excluded else code
+    return (format_target(t), source, t.family, lo, hi, int(t.excluded), code, reason, expires, plen, net)
 
 
 def _staged_chunks(rows: Iterable[Row]) -> Iterator[list[tuple[object, ...]]]:
     for chunk in _chunks(rows, 20000):
         for row in chunk:
             check_test_points(row.target)
-        yield [_staged(r) for r in chunk]
-
-
-def _staged(r: Row) -> tuple[object, ...]:
-    """A row as the STAGED columns."""
-    t, width = r.target, _width(r.target.family)
-    plen, net = enclosing(t.family, t.lo, t.hi)
-    lo, hi = t.lo.to_bytes(width, "big"), t.hi.to_bytes(width, "big")
-    return (
-        format_target(t),
-        r.source,
-        t.family,
-        lo,
-        hi,
-        int(t.excluded),
-        r.code,
-        r.reason,
-        r.expires,
-        plen,
-        net,
-    )
+        yield [_columns(r.target, r.source, r.code, r.reason, r.expires) for r in chunk]
 
 
 def _chunks(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
