@@ -8,6 +8,7 @@ unreadable files, I/O). A DnsblError becomes one line on stderr and exit 2; a tr
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -81,7 +82,14 @@ def main() -> None:
 @click.option("--config", "config_path", metavar="FILE", help="TOML config file.")
 @click.option("--ttl", type=click.IntRange(0, 2**31 - 1), help="Answer TTL in seconds.")
 @click.option("--hide-version", is_flag=True, default=None, help="Refuse CHAOS version.bind.")
+@click.option(
+    "--check-interval",
+    metavar="TIME",
+    help="How often data files are checked for changes (rbldnsd -c; default 1m; 0: only on SIGHUP).",
+)
+@click.option("--loose", is_flag=True, default=None, help="Accept CIDRs with host bits set (rbldnsd -e).")
 @click.option("-v", "--verbose", count=True, help="Debug logging.")
+@click.argument("specs", nargs=-1, metavar="[ZONE:TYPE:FILE[,FILE...]]...")
 @guarded
 def serve(
     db: str | None,
@@ -90,15 +98,32 @@ def serve(
     config_path: str | None,
     ttl: int | None,
     hide_version: bool | None,
+    check_interval: str | None,
+    loose: bool | None,
     verbose: int,
+    specs: Sequence[str],
 ) -> None:
-    """Answer DNSBL queries for the zones in the database."""
+    """Answer DNSBL queries for the zones in the database and in rbldnsd data files (SPECS)."""
     from dataclasses import replace
 
     from .daemon import serve as run
+    from .datafiles import parse_spec
 
     settings, config_db = from_file(config_path) if config_path else (Settings(), None)
-    overrides: dict[str, Any] = {"db": resolve_db(db, config_db)}
+    datasets = (*settings.datasets, *specs)
+    for spec in datasets:
+        parse_spec(spec)
+    # Only specs, and nothing that names a database: serve just the files, as rbldnsd would.
+    names_db = bool(db or os.environ.get("DNSBL_DB") or zones or config_db or settings.zones)
+    overrides: dict[str, Any] = {
+        "db": resolve_db(db, config_db),
+        "datasets": datasets,
+        "use_db": names_db or not datasets,
+    }
+    if check_interval is not None:
+        overrides["check_interval"] = float(parse_duration(check_interval))
+    if loose is not None:
+        overrides["loose"] = loose
     if zones:
         overrides["zones"] = tuple(zone_name(z) for z in zones)
     if listen:

@@ -31,6 +31,10 @@ class Settings:
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
     hide_version: bool = False
     udp_cap: int = 1232
+    datasets: tuple[str, ...] = ()  # rbldnsd zone specs, ZONE:TYPE:FILE[,FILE...]
+    use_db: bool = True  # False: only data files were asked for (a true rbldnsd replacement)
+    check_interval: float = 60.0  # how often data files are checked for changes (rbldnsd -c)
+    loose: bool = False  # accept CIDRs with host bits set (rbldnsd -e)
     zone_defaults: ZoneSettings = ZoneSettings()
     zone_settings: dict[str, ZoneSettings] = field(default_factory=dict)
 
@@ -100,7 +104,18 @@ def zone_settings(base: ZoneSettings, table: dict[str, Any], where: str) -> Zone
     return replace(base, **values)
 
 
-_TOP = {"db", "zones", "listen", "hide_version", "udp_cap", "zone_defaults", "zone"}
+_TOP = {
+    "db",
+    "zones",
+    "listen",
+    "hide_version",
+    "udp_cap",
+    "zone_defaults",
+    "zone",
+    "datasets",
+    "check_interval",
+    "loose",
+}
 
 
 def from_file(path: str | os.PathLike[str]) -> tuple[Settings, str | None]:
@@ -121,6 +136,9 @@ def from_file(path: str | os.PathLike[str]) -> tuple[Settings, str | None]:
         listen=tuple(data.get("listen", [DEFAULT_LISTEN])),
         hide_version=bool(data.get("hide_version", False)),
         udp_cap=int(data.get("udp_cap", 1232)),
+        datasets=tuple(data.get("datasets", [])),
+        check_interval=float(data.get("check_interval", 60)),
+        loose=bool(data.get("loose", False)),
         zone_defaults=defaults,
         zone_settings=per_zone,
     )

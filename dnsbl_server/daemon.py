@@ -2,7 +2,8 @@
 
 Nothing imports this module but the CLI. Start-up order: open (and migrate) the database, create the
 zones asked for, seed the demo zone into an empty database, build the index, bind, then follow the
-change journal every REFRESH_S in a worker thread and swap in what it builds.
+change journal every REFRESH_S and the data files every check interval (and on SIGHUP) in a worker
+thread, and swap in what it builds.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ import logging
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from . import __version__
 from .addresses import parse_target
 from .config import DEMO_ZONE, Settings
+from .datafiles import DataFiles, compose, parse_spec
 from .loader import Loader
 from .resolver import Options
 from .server import Handler, Holder, listen
 from .store import Listing, Store
+from .zone import Zones
 
 log = logging.getLogger("dnsbl.daemon")
 REFRESH_S = 0.25  # a change by another process is served within about this long
@@ -46,15 +50,47 @@ def prepare(settings: Settings, now: float) -> Store:
     for name in settings.zones:
         if store.ensure_zone(name, now):
             log.info("created zone %s", name)
-    if not store.zone_names():
+    if not store.zone_names() and not settings.datasets:
         seed_demo(store, now)
     return store
 
 
+class Sources:
+    """What the served zones are made of: the SQLite list (when there is a database) and data files.
+    `refresh` runs in the worker thread and returns new zones, or None when nothing changed."""
+
+    def __init__(self, settings: Settings, now: float) -> None:
+        self.settings = settings
+        self.store = prepare(settings, now) if settings.use_db else None
+        self.loader = (
+            Loader(self.store, list(settings.zones) or None, settings.settings_for) if self.store else None
+        )
+        self.files = DataFiles([parse_spec(s) for s in settings.datasets], loose=settings.loose)
+        self.files.load(now)
+
+    def load(self, now: float) -> Zones:
+        sqlite = self.loader.load(now) if self.loader else None
+        return compose(sqlite, self.files, self.settings.settings_for)
+
+    def refresh(self, now: float, *, files_due: bool) -> Zones | None:
+        reloaded = self.files.refresh(now) if files_due else []
+        if self.store is not None:
+            for name in set(reloaded) & set(self.store.zone_names()):
+                self.store.touch(name, now)  # secondaries must learn of a reloaded file
+        changed = self.loader.refresh(now) if self.loader else None
+        if changed is None and not reloaded:
+            return None
+        sqlite = self.loader.zones if self.loader else None
+        return compose(sqlite, self.files, self.settings.settings_for)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
-    store = prepare(settings, time.time())
-    loader = Loader(store, list(settings.zones) or None, settings.settings_for)
-    holder = Holder(loader.load(time.time()))
+    sources = Sources(settings, time.time())
+    holder = Holder(sources.load(time.time()))
     version = None if settings.hide_version else f"dnsbl-server {__version__}"
     handler = Handler(holder, Options(version=version), settings.udp_cap)
     closers = []
@@ -65,27 +101,42 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             "listening on %s (udp, tcp) for %s", shown, ", ".join(z.name for z in holder.zones) or "no zones"
         )
     stop = stop or asyncio.Event()
+    reload_now = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_now.set)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh") as worker:
-        refresher = asyncio.create_task(_follow(loader, holder, worker))
+        refresher = asyncio.create_task(_follow(sources, holder, worker, settings.check_interval, reload_now))
         await stop.wait()
         refresher.cancel()
         for closer in closers:
             closer.close()
-    store.close()
+    sources.close()
     log.info("stopped")
 
 
-async def _follow(loader: Loader, holder: Holder, worker: ThreadPoolExecutor) -> None:
+async def _follow(
+    sources: Sources,
+    holder: Holder,
+    worker: ThreadPoolExecutor,
+    check_interval: float,
+    reload_now: asyncio.Event,
+) -> None:
     loop = asyncio.get_running_loop()
+    next_check = loop.time() + check_interval
     while True:
         await asyncio.sleep(REFRESH_S)
+        files_due = reload_now.is_set() or (check_interval > 0 and loop.time() >= next_check)
+        if files_due:
+            reload_now.clear()
+            next_check = loop.time() + check_interval
         try:
-            zones = await loop.run_in_executor(worker, loader.refresh, time.time())
+            zones = await loop.run_in_executor(
+                worker, partial(sources.refresh, files_due=files_due), time.time()
+            )
         except Exception:  # keep serving the last good zones
-            log.exception("refreshing from the database failed; still serving the previous data")
+            log.exception("refreshing failed; still serving the previous data")
             continue
         if zones is not None:
             holder.zones = zones

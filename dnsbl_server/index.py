@@ -140,6 +140,11 @@ class ZoneIndex:
     def lookup(self, family: int, address: int, now: float) -> tuple[Entry, ...]:
         return decide(self.candidates(family, address), now)
 
+    def excludes(self, family: int, address: int, now: float) -> bool:
+        """Does a live exclusion cover the address? (In a zone with data files too, an exclusion in
+        the SQLite list un-lists the address everywhere in the zone.)"""
+        return any(e.excluded and e.live(now) for e in self.candidates(family, address))
+
     def any_listed(self, family: int, lo: int, hi: int, now: float) -> bool:
         """Is any address in [lo, hi] listed? (an empty non-terminal answers NODATA, not NXDOMAIN)"""
         points = {lo}

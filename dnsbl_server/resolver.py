@@ -11,6 +11,7 @@ Decisions, in order (RFC 1035, 2308, 5782):
 5. a full address name (4 octets, or 32 nibbles; IPv4-mapped IPv6 answers from IPv4 data):
    listed -> A / TXT / ANY (both), other types NODATA; not listed -> NXDOMAIN.
    RFC 5782 test points in zones with a SQLite list: 127.0.0.2 listed, 127.0.0.1 never.
+   Data-file datasets add their answers to the SQLite list's, unless a SQLite exclusion covers it.
 6. a partial address name (QNAME minimisation) above a listed address: NODATA; else NXDOMAIN.
 Negative answers carry the SOA in authority with TTL min(SOA TTL, minimum) (RFC 2308 section 5).
 """
@@ -138,7 +139,10 @@ def listings_for(zone: Zone, family: int, value: int, now: float) -> tuple[Entry
     """What answers for one address in this zone, test points included."""
     if zone.test_points and family == 4 and value in (TEST_LISTED, TEST_UNLISTED):
         return (_test_point(zone),) if value == TEST_LISTED else ()
-    return zone.index.lookup(family, value, now)
+    own = zone.index.lookup(family, value, now)
+    if not zone.files or zone.index.excludes(family, value, now):
+        return own
+    return own + tuple(e for dataset in zone.files for e in dataset.lookup(family, value, now))
 
 
 def _test_point(zone: Zone) -> Entry:
@@ -164,7 +168,7 @@ def _partial_listed(zone: Zone, rel: list[str], now: float) -> bool:
 def _span_listed(zone: Zone, family: int, lo: int, hi: int, now: float) -> bool:
     if zone.test_points and family == 4 and lo <= TEST_LISTED <= hi:
         return True
-    return zone.index.any_listed(family, lo, hi, now)
+    return any(index.any_listed(family, lo, hi, now) for index in (zone.index, *zone.files))
 
 
 def expand(template: str, address: str) -> str:

@@ -200,6 +200,11 @@ class Store:
             return row.serial
         return max(row.serial + count, int(latest)) & SERIAL_MAX
 
+    def touch(self, zone: str, now: float) -> None:
+        """Move the serial forward with no entry changed (a data file of the zone was reloaded)."""
+        with self.transaction():
+            self._bump(zone, now)
+
     def _bump(self, zone: str, now: float) -> None:
         serial = max(self.serial(zone, now) + 1, int(now)) & SERIAL_MAX
         self.conn.execute("UPDATE zones SET serial = ?, changed_at = ? WHERE name = ?", (serial, now, zone))

@@ -41,6 +41,7 @@ class Zone:
     serial: int = 1
     settings: ZoneSettings = field(default_factory=ZoneSettings)
     test_points: bool = True  # RFC 5782 test points, synthesised for zones with a SQLite list
+    files: tuple[ZoneIndex, ...] = ()  # rbldnsd data-file datasets; their answers add up
 
     def with_index(self, index: ZoneIndex, serial: int) -> Zone:
         return replace(self, index=index, serial=serial)

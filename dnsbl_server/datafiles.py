@@ -1,0 +1,182 @@
+"""rbldnsd data files served as zones: specs, datasets loaded once each, reloaded when they change.
+
+A spec is rbldnsd's positional `ZONE:TYPE:FILE[,FILE...]`; several files of one spec are one logical
+file. A dataset named for several zones is loaded once; a zone named twice gets both datasets, and
+their answers add up (as in rbldnsd). Each dataset keeps rbldnsd's own matching rule
+(`zonefile.rbldnsd_blocks`).
+
+Reload rules (README, "Data files"): files are polled for a changed size or mtime; a changed dataset
+is built aside and swapped in whole. A file that cannot be read, or whose `$TIMESTAMP` is in the
+future, keeps the previous data served (rbldnsd SERVFAILs there) and is logged. A bad line is skipped
+with a warning `FILE:LINE: problem`, as rbldnsd does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+
+from .addresses import format_target
+from .config import zone_name
+from .errors import ConfigError, DnsblError
+from .index import Entry, ZoneIndex
+from .zone import Zone, Zones, ZoneSettings
+from .zonefile import IP_TYPES, Specials, rbldnsd_blocks, read_dataset
+
+log = logging.getLogger("dnsbl.datafiles")
+
+
+class DataFileError(DnsblError):
+    """A data file cannot be loaded (unreadable, or dated in the future)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    zone: str
+    kind: str
+    files: tuple[str, ...]
+
+    @property
+    def dataset(self) -> tuple[str, tuple[str, ...]]:
+        return self.kind, self.files
+
+
+def parse_spec(text: str) -> Spec:
+    """`ZONE:TYPE:FILE[,FILE...]`, as rbldnsd takes it on its command line."""
+    parts = text.split(":", 2)
+    if len(parts) != 3 or not parts[2]:
+        raise ConfigError(f"invalid zone spec {text!r}: use ZONE:TYPE:FILE[,FILE...]")
+    zone, kind, files = parts
+    if kind not in IP_TYPES:
+        raise ConfigError(
+            f"invalid zone spec {text!r}: unknown dataset type {kind!r} (known here: {', '.join(IP_TYPES)})"
+        )
+    return Spec(zone_name(zone), kind, tuple(f for f in files.split(",") if f))
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    kind: str
+    files: tuple[str, ...]
+    index: ZoneIndex
+    specials: Specials
+    stamp: tuple[tuple[int, float], ...]  # (size, mtime) per file: what a reload compares
+    problems: tuple[str, ...]
+
+    @property
+    def mtime(self) -> float:
+        return max(m for _, m in self.stamp)
+
+
+def stamp_of(files: Iterable[str]) -> tuple[tuple[int, float], ...]:
+    stats = []
+    for path in files:
+        try:
+            info = os.stat(path)
+        except OSError as error:
+            raise DataFileError(f"{path}: cannot read: {error.strerror}") from None
+        stats.append((info.st_size, info.st_mtime))
+    return tuple(stats)
+
+
+def load_dataset(kind: str, files: tuple[str, ...], now: float, *, loose: bool = False) -> Dataset:
+    stamp = stamp_of(files)
+    try:
+        parsed = read_dataset(kind, files, loose=loose)
+    except (OSError, EOFError, ValueError) as error:
+        raise DataFileError(f"{','.join(files)}: cannot read: {error}") from None
+    stamped = parsed.specials.timestamp
+    if stamped is not None and stamped > now:
+        raise DataFileError(f"{','.join(files)}: $TIMESTAMP is in the future")
+    entries = [
+        Entry(
+            (format_target(block), f"{kind}:{item.line}"),
+            block.family,
+            block.lo,
+            block.hi,
+            block.excluded,
+            item.code,
+            item.txt or "",
+            None,
+        )
+        for item in parsed.items
+        for block in rbldnsd_blocks(item, kind)
+    ]
+    for problem in parsed.problems:
+        log.warning("%s", problem)
+    return Dataset(kind, files, ZoneIndex.build(entries), parsed.specials, stamp, tuple(parsed.problems))
+
+
+class DataFiles:
+    """Every dataset of every spec; `refresh` reloads what changed on disk."""
+
+    def __init__(self, specs: Iterable[Spec], *, loose: bool = False) -> None:
+        self.specs = list(specs)
+        self.loose = loose
+        self.datasets: dict[tuple[str, tuple[str, ...]], Dataset] = {}
+
+    def load(self, now: float) -> None:
+        """The first load: a dataset that cannot be read stops the start (there is nothing to serve)."""
+        for spec in self.specs:
+            if spec.dataset not in self.datasets:
+                self.datasets[spec.dataset] = load_dataset(spec.kind, spec.files, now, loose=self.loose)
+
+    def refresh(self, now: float) -> list[str]:
+        """Reload datasets whose files changed; return the zones that changed."""
+        changed: set[tuple[str, tuple[str, ...]]] = set()
+        for key, dataset in list(self.datasets.items()):
+            try:
+                if stamp_of(dataset.files) == dataset.stamp:
+                    continue
+                self.datasets[key] = load_dataset(dataset.kind, dataset.files, now, loose=self.loose)
+                changed.add(key)
+                log.info("reloaded %s:%s", dataset.kind, ",".join(dataset.files))
+            except DataFileError as error:
+                log.warning("%s; still serving the previous data", error)
+        return sorted({s.zone for s in self.specs if s.dataset in changed})
+
+    def zones(self) -> list[str]:
+        return list(dict.fromkeys(s.zone for s in self.specs))
+
+    def of(self, zone: str) -> list[Dataset]:
+        return [self.datasets[s.dataset] for s in self.specs if s.zone == zone]
+
+
+def file_settings(datasets: list[Dataset], base: ZoneSettings) -> tuple[ZoneSettings, int | None]:
+    """A files-only zone's SOA, NS and TTL from the first dataset giving each ($SOA, $NS, $TTL), and
+    its serial ($SOA serial; 0 means the newest file's mtime). None: no $SOA, our default serial."""
+    values: dict[str, object] = {}
+    serial = None
+    soa = next((d.specials.soa for d in datasets if d.specials.soa), None)
+    if soa is not None:
+        ttl, mname, rname, number, refresh, retry, expire, minimum = soa
+        values.update(mname=mname, rname=rname, refresh=refresh, retry=retry, expire=expire, minimum=minimum)
+        serial = number or int(max(d.mtime for d in datasets))
+    ns = next((d.specials.ns for d in datasets if d.specials.ns), None)
+    if ns is not None:
+        values["ns"] = ns[1]
+    ttl_value = next((d.specials.ttl for d in datasets if d.specials.ttl is not None), None)
+    if ttl_value is not None:
+        values["ttl"] = ttl_value
+    return replace(base, **values), serial  # type: ignore[arg-type]
+
+
+EMPTY = ZoneIndex.build(())
+
+
+def compose(sqlite: Zones | None, files: DataFiles, settings_for: Callable[[str], ZoneSettings]) -> Zones:
+    """The served zones: SQLite zones with their data files beside, and files-only zones (no test
+    points, SOA and NS from the files)."""
+    out = {z.name: z for z in sqlite} if sqlite is not None else {}
+    for name in files.zones():
+        datasets = files.of(name)
+        indexes = tuple(d.index for d in datasets)
+        if name in out:
+            out[name] = replace(out[name], files=indexes)
+            continue
+        settings, serial = file_settings(datasets, settings_for(name))
+        serial = serial or int(max(d.mtime for d in datasets))
+        out[name] = Zone(name, EMPTY, serial, settings, test_points=False, files=indexes)
+    return Zones.of(out.values())
