@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import click
@@ -185,3 +185,26 @@ def export(db: str | None, zone: str | None, fmt: str, output: str | None, confi
         return
     built = build_zone(store, name, settings.settings_for(name), now)
     atomic_write(output, WRITERS[fmt](built, now))
+
+
+@main.command("zone-check")
+@click.option("--loose", is_flag=True, help="Accept CIDRs with host bits set (rbldnsd -e).")
+@click.argument("specs", nargs=-1, required=True, metavar="ZONE:TYPE:FILE[,FILE...]...")
+@guarded
+def zone_check(loose: bool, specs: Sequence[str]) -> None:
+    """Validate data files without serving them: every problem as FILE:LINE: problem; exit 1 if any."""
+    from .datafiles import load_dataset, parse_spec
+
+    problems: list[str] = []
+    now = time.time()
+    for spec in dict.fromkeys(parse_spec(s) for s in specs):
+        dataset = load_dataset(spec.kind, spec.files, now, loose=loose, quiet=True)
+        problems += dataset.problems
+        entries = len(list(dataset.index.entries()))
+        click.echo(
+            f"{spec.zone}:{spec.kind}:{','.join(spec.files)}: {entries} entries, "
+            f"{len(dataset.problems)} problem(s)"
+        )
+    for problem in problems:
+        click.echo(problem)
+    sys.exit(1 if problems else 0)

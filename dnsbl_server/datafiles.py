@@ -81,7 +81,9 @@ def stamp_of(files: Iterable[str]) -> tuple[tuple[int, float], ...]:
     return tuple(stats)
 
 
-def load_dataset(kind: str, files: tuple[str, ...], now: float, *, loose: bool = False) -> Dataset:
+def load_dataset(
+    kind: str, files: tuple[str, ...], now: float, *, loose: bool = False, quiet: bool = False
+) -> Dataset:
     stamp = stamp_of(files)
     try:
         parsed = read_dataset(kind, files, loose=loose)
@@ -104,7 +106,7 @@ def load_dataset(kind: str, files: tuple[str, ...], now: float, *, loose: bool =
         for item in parsed.items
         for block in rbldnsd_blocks(item, kind)
     ]
-    for problem in parsed.problems:
+    for problem in () if quiet else parsed.problems:
         log.warning("%s", problem)
     return Dataset(kind, files, ZoneIndex.build(entries), parsed.specials, stamp, tuple(parsed.problems))
 

@@ -127,3 +127,16 @@ def test_bad_spec_is_an_error(tmp_path):  # type: ignore[no-untyped-def]
                         (f"{ZONE}:ip4set:{tmp_path / 'missing'}", "missing")):
         result = run_cli("serve", "--listen", "127.0.0.1:0", spec)
         assert result.returncode == 2 and named in result.stderr and "Traceback" not in result.stderr
+
+
+def test_zone_check_names_every_problem(tmp_path):  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.ip4set"
+    bad.write_text("192.0.2.1\nnot-an-address\n10.0.0.5/8\n192.0.2.9 :999:\n")
+    result = run_cli("zone-check", f"{ZONE}:ip4set:{bad}", f"{ZONE}:ip6trie:{ZONES / 'ip6trie.example'}")
+    assert result.returncode == 1
+    problems = [line for line in result.stdout.splitlines() if line.startswith(str(bad))]
+    assert [p.split(":")[1] for p in problems] == ["2", "3", "4"]
+    good = run_cli("zone-check", *(f"{ZONE}:{k}:{ZONES / (k + '.example')}" for k in EXAMPLES))
+    assert good.returncode == 0, good.stdout
+    missing = run_cli("zone-check", f"{ZONE}:ip4set:{tmp_path / 'none'}")
+    assert missing.returncode == 2 and "none" in missing.stderr
