@@ -24,6 +24,10 @@ from .resolver import TXT, A, Question, resolve
 from .store import Store
 from .zone import Zone, Zones
 
+zones_option = click.option(
+    "--zone", "zones", multiple=True, metavar="NAME", help="Only this zone (repeatable)."
+)
+
 
 def emit_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
@@ -95,7 +99,7 @@ def print_check(result: dict[str, Any]) -> None:
 
 @main.command()
 @db_option
-@click.option("--zone", "zones", multiple=True, metavar="NAME", help="Only this zone (repeatable).")
+@zones_option
 @click.option("--json", "as_json", is_flag=True, help="JSON output (layout in the README).")
 @click.argument("addresses", nargs=-1, required=True)
 @guarded
@@ -144,7 +148,7 @@ def entry_row(row: dict[str, Any], now: float) -> dict[str, Any]:
 
 @main.command("list")
 @db_option
-@click.option("--zone", "zones", multiple=True, metavar="NAME", help="Only this zone (repeatable).")
+@zones_option
 @click.option("--source", metavar="NAME", help="Only this source (and its sub-sources).")
 @click.option("--expired", is_flag=True, help="Only expired entries not purged yet.")
 @click.option(
@@ -189,7 +193,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 @main.command()
 @db_option
-@click.option("--zone", "zones", multiple=True, metavar="NAME", help="Only this zone (repeatable).")
+@zones_option
 @click.option("--json", "as_json", is_flag=True, help="JSON output (layout in the README).")
 @guarded
 def stats(db: str | None, zones: Sequence[str], as_json: bool) -> None:
@@ -218,7 +222,7 @@ def stats(db: str | None, zones: Sequence[str], as_json: bool) -> None:
 
 @main.command()
 @db_option
-@click.option("--zone", "zones", multiple=True, metavar="NAME", help="Only this zone (repeatable).")
+@zones_option
 @click.option("--json", "as_json", is_flag=True, help="JSON output: {zone: count}.")
 @guarded
 def expire(db: str | None, zones: Sequence[str], as_json: bool) -> None:
