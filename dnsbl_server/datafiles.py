@@ -22,10 +22,17 @@ from .addresses import format_target
 from .config import zone_name
 from .errors import ConfigError, DnsblError
 from .index import Entry, ZoneIndex
+from .nameindex import Combined, NameData, Part
+from .namesets import NAME_TYPES, CombinedParsed, NamesParsed, Section, read_combined, read_names
 from .zone import Zone, Zones, ZoneSettings
-from .zonefile import IP_TYPES, Specials, rbldnsd_blocks, read_dataset
+from .zonefile import IP_TYPES, Parsed, Specials, rbldnsd_blocks, read_dataset
+
+TYPES = (*IP_TYPES, *NAME_TYPES, "combined")
 
 log = logging.getLogger("dnsbl.datafiles")
+
+
+EMPTY = ZoneIndex.build(())
 
 
 class DataFileError(DnsblError):
@@ -49,9 +56,9 @@ def parse_spec(text: str) -> Spec:
     if len(parts) != 3 or not parts[2]:
         raise ConfigError(f"invalid zone spec {text!r}: use ZONE:TYPE:FILE[,FILE...]")
     zone, kind, files = parts
-    if kind not in IP_TYPES:
+    if kind not in TYPES:
         raise ConfigError(
-            f"invalid zone spec {text!r}: unknown dataset type {kind!r} (known here: {', '.join(IP_TYPES)})"
+            f"invalid zone spec {text!r}: unknown dataset type {kind!r} (known here: {', '.join(TYPES)})"
         )
     return Spec(zone_name(zone), kind, tuple(f for f in files.split(",") if f))
 
@@ -64,6 +71,8 @@ class Dataset:
     specials: Specials
     stamp: tuple[tuple[int, float], ...]  # (size, mtime) per file: what a reload compares
     problems: tuple[str, ...]
+    names: tuple[NameData, ...] = ()  # dnset, generic
+    combined: tuple[Combined, ...] = ()
 
     @property
     def mtime(self) -> float:
@@ -86,13 +95,33 @@ def load_dataset(
 ) -> Dataset:
     stamp = stamp_of(files)
     try:
-        parsed = read_dataset(kind, files, loose=loose)
+        parsed = _read(kind, files, loose)
     except (OSError, EOFError, ValueError) as error:
         raise DataFileError(f"{','.join(files)}: cannot read: {error}") from None
     stamped = parsed.specials.timestamp
     if stamped is not None and stamped > now:
         raise DataFileError(f"{','.join(files)}: $TIMESTAMP is in the future")
-    entries = [
+    for problem in () if quiet else parsed.problems:
+        log.warning("%s", problem)
+    problems = tuple(parsed.problems)
+    if isinstance(parsed, NamesParsed):
+        return Dataset(kind, files, EMPTY, parsed.specials, stamp, problems, names=(parsed.data(),))
+    if isinstance(parsed, CombinedParsed):
+        combined = (combine(parsed.sections),)
+        return Dataset(kind, files, EMPTY, parsed.specials, stamp, problems, combined=combined)
+    return Dataset(kind, files, ip_index(kind, parsed), parsed.specials, stamp, problems)
+
+
+def _read(kind: str, files: tuple[str, ...], loose: bool) -> Parsed | NamesParsed | CombinedParsed:
+    if kind in NAME_TYPES:
+        return read_names(kind, files)
+    if kind == "combined":
+        return read_combined(files, loose=loose)
+    return read_dataset(kind, files, loose=loose)
+
+
+def ip_index(kind: str, parsed: Parsed) -> ZoneIndex:
+    return ZoneIndex.build(
         Entry(
             (format_target(block), f"{kind}:{item.line}"),
             block.family,
@@ -105,10 +134,22 @@ def load_dataset(
         )
         for item in parsed.items
         for block in rbldnsd_blocks(item, kind)
-    ]
-    for problem in () if quiet else parsed.problems:
-        log.warning("%s", problem)
-    return Dataset(kind, files, ZoneIndex.build(entries), parsed.specials, stamp, tuple(parsed.problems))
+    )
+
+
+def combine(sections: list[Section]) -> Combined:
+    """The subzones of a combined dataset, each with the datasets of every section naming it."""
+    parts: dict[tuple[str, ...], Part] = {}
+    for section in sections:
+        parsed = section.parsed
+        if isinstance(parsed, NamesParsed):
+            files, names = (), (parsed.data(),)
+        else:
+            files, names = (ip_index(section.kind, parsed),), ()
+        for subzone in section.subzones:
+            part = parts.get(subzone, Part())
+            parts[subzone] = Part(part.files + files, part.names + names)
+    return Combined(parts)
 
 
 class DataFiles:
@@ -165,20 +206,19 @@ def file_settings(datasets: list[Dataset], base: ZoneSettings) -> tuple[ZoneSett
     return replace(base, **values), serial  # type: ignore[arg-type]
 
 
-EMPTY = ZoneIndex.build(())
-
-
 def compose(sqlite: Zones | None, files: DataFiles, settings_for: Callable[[str], ZoneSettings]) -> Zones:
     """The served zones: SQLite zones with their data files beside, and files-only zones (no test
     points, SOA and NS from the files)."""
     out = {z.name: z for z in sqlite} if sqlite is not None else {}
     for name in files.zones():
         datasets = files.of(name)
-        indexes = tuple(d.index for d in datasets)
+        indexes = tuple(d.index for d in datasets if d.kind in IP_TYPES)
+        names = tuple(n for d in datasets for n in d.names)
+        combined = tuple(c for d in datasets for c in d.combined)
         if name in out:
-            out[name] = replace(out[name], files=indexes)
+            out[name] = replace(out[name], files=indexes, names=names, combined=combined)
             continue
         settings, serial = file_settings(datasets, settings_for(name))
         serial = serial or int(max(d.mtime for d in datasets))
-        out[name] = Zone(name, EMPTY, serial, settings, test_points=False, files=indexes)
+        out[name] = Zone(name, EMPTY, serial, settings, False, indexes, names, combined)
     return Zones.of(out.values())

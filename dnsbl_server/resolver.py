@@ -13,6 +13,9 @@ Decisions, in order (RFC 1035, 2308, 5782):
    RFC 5782 test points in zones with a SQLite list: 127.0.0.2 listed, 127.0.0.1 never.
    Data-file datasets add their answers to the SQLite list's, unless a SQLite exclusion covers it.
 6. a partial address name (QNAME minimisation) above a listed address: NODATA; else NXDOMAIN.
+7. zones with name datasets (dnset, generic) or combined datasets: every dataset's answers add up
+   (`nameindex` owns their matching rules); a combined dataset answers from its most closely
+   matching subzone only, whose own name always exists. Name data answers at the apex too (A, TXT, MX).
 Negative answers carry the SOA in authority with TTL min(SOA TTL, minimum) (RFC 2308 section 5).
 """
 
@@ -21,11 +24,12 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .addresses import MAPPED_BASE, V4_MAX, format_address, query_address, v4_prefix, v6_prefix
-from .index import Entry
+from .index import Entry, ZoneIndex
+from .nameindex import Labels, NameData, NameSet, Part
 from .zone import Zone, Zones
 
 # RR types and classes, rcodes (RFC 1035 3.2.2-3.2.4, 4.1.1)
-A, NS, SOA, TXT, AAAA, ANY = 1, 2, 6, 16, 28, 255
+A, NS, SOA, MX, TXT, AAAA, ANY = 1, 2, 6, 15, 16, 28, 255
 IN, CH = 1, 3
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 
@@ -45,7 +49,7 @@ class Record(NamedTuple):
     name: str
     rtype: int
     ttl: int
-    data: object  # A: dotted str; NS: name; TXT: str; SOA: Soa
+    data: object  # A: dotted str; NS: name; TXT: str; SOA: Soa; MX: (preference, host)
     rclass: int = IN
 
 
@@ -85,6 +89,8 @@ def resolve(question: Question, zones: Zones, now: float, options: Options = DEF
     if found is None:
         return Answer(REFUSED, authoritative=False)
     zone, rel = found
+    if zone.names or zone.combined:
+        return _with_names(question, zone, rel, now)
     if not rel:
         return _apex(question, zone)
     return _address(question, zone, rel, now)
@@ -195,3 +201,64 @@ def _records(question: Question, zone: Zone, listings: tuple[Entry, ...], addres
         )
         out += [Record(name, TXT, ttl, t) for t in texts]
     return tuple(out)
+
+
+# --- name datasets and combined subzones ------------------------------------------------------
+
+EMPTY_INDEX = ZoneIndex.build(())
+
+
+def _with_names(question: Question, zone: Zone, rel: list[str], now: float) -> Answer:
+    """Every dataset of the zone answers; their records add up (rbldnsd queries each one)."""
+    labels = tuple(label.lower() for label in rel)
+    base = _apex(question, zone) if not rel else _address(question, zone, rel, now)
+    records, found = list(base.answer), not rel or (base.rcode == NOERROR)
+    for data in zone.names:
+        hit, more = _name_records(question, zone, data, labels)
+        found, records = found or hit, records + more
+    for combined in zone.combined:
+        match = combined.find(labels)
+        if match is not None:
+            hit, more = _part_records(question, zone, match[1], match[0], rel, now)
+            found, records = found or hit, records + more
+    if records:
+        return Answer(NOERROR, tuple(records))
+    return _negative(zone, NOERROR if found else NXDOMAIN)
+
+
+def _part_records(
+    question: Question, zone: Zone, part: Part, sub: Labels, rel: list[str], now: float
+) -> tuple[bool, list[Record]]:
+    """One combined subzone's answer for the labels `sub` in front of it (none: the subzone itself)."""
+    found, records = not sub, []
+    if sub and part.files:
+        view = Zone(zone.name, EMPTY_INDEX, zone.serial, zone.settings, False, part.files)
+        answer = _address(question, view, rel[: len(sub)], now)
+        found, records = found or answer.rcode == NOERROR, list(answer.answer)
+    for data in part.names:
+        hit, more = _name_records(question, zone, data, sub)
+        found, records = found or hit, records + more
+    return found, records
+
+
+def _name_records(
+    question: Question, zone: Zone, data: NameData, labels: Labels
+) -> tuple[bool, list[Record]]:
+    name, ttl, qtype = question.name, zone.settings.ttl, question.qtype
+    if isinstance(data, NameSet):
+        match = data.match(labels)
+        if match is None:
+            return False, []
+        entry, values = match
+        out = []
+        if qtype in (A, ANY):
+            out += [Record(name, A, ttl, format_address(4, c)) for c in sorted({v.code for v in values})]
+        if qtype in (TXT, ANY):
+            texts = dict.fromkeys(expand(v.txt, entry) for v in values if v.txt)
+            out += [Record(name, TXT, ttl, t) for t in texts]
+        return True, out
+    records = data.match(labels)
+    if records is None:
+        return False, []
+    wanted = [r for r in records if qtype in (r.rtype, ANY)]
+    return True, [Record(name, r.rtype, ttl if r.ttl is None else r.ttl, r.data) for r in wanted]

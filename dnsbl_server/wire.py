@@ -20,12 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dnslib import EDNS0, RR, DNSBuffer, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+from dnslib import MX as MX_RD
 from dnslib import NS as NS_RD
 from dnslib import SOA as SOA_RD
 from dnslib import TXT as TXT_RD
 from dnslib import A as A_RD
 
-from .resolver import FORMERR, NOTIMP, NS, SERVFAIL, TXT, A, Answer, Question, Record, Soa
+from .resolver import FORMERR, MX, NOTIMP, NS, SERVFAIL, TXT, A, Answer, Question, Record, Soa
 
 OPT = 41
 BADVERS = 16
@@ -148,6 +149,9 @@ def _rdata(record: Record) -> object:
         return TXT_RD(str(record.data).encode())
     if record.rtype == NS:
         return NS_RD(str(record.data) + ".")
+    if record.rtype == MX:
+        preference, host = record.data  # type: ignore[misc]
+        return MX_RD(str(host).rstrip(".") + ".", int(preference))
     soa = record.data
     assert isinstance(soa, Soa)
     times = (soa.serial, soa.refresh, soa.retry, soa.expire, soa.minimum)

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from .index import ZoneIndex
+from .nameindex import Combined, NameData
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,8 @@ class Zone:
     settings: ZoneSettings = field(default_factory=ZoneSettings)
     test_points: bool = True  # RFC 5782 test points, synthesised for zones with a SQLite list
     files: tuple[ZoneIndex, ...] = ()  # rbldnsd data-file datasets; their answers add up
+    names: tuple[NameData, ...] = ()  # dnset and generic datasets, names relative to the zone
+    combined: tuple[Combined, ...] = ()  # combined datasets: subzones with datasets of their own
 
     def with_index(self, index: ZoneIndex, serial: int) -> Zone:
         return replace(self, index=index, serial=serial)

@@ -62,8 +62,12 @@ def test_each_dataset_type_answers_as_rbldnsd(kind, files_server):  # type: igno
 
 def test_zone_named_twice_and_dataset_shared_by_two_zones(files_server):  # type: ignore[no-untyped-def]
     v4, v6, trie = ZONES / "ip4set.example", ZONES / "ip6trie.example", ZONES / "ip4trie.example"
-    specs = [(ZONE, "ip4set", [v4]), (ZONE, "ip6trie", [v6]), (ZONE, "ip4trie", [trie]),
-             ("other.example.org", "ip4set", [v4])]
+    specs = [
+        (ZONE, "ip4set", [v4]),
+        (ZONE, "ip6trie", [v6]),
+        (ZONE, "ip4trie", [trie]),
+        ("other.example.org", "ip4set", [v4]),
+    ]
     ours = files_server(*(f"{z}:{k}:{','.join(map(str, p))}" for z, k, p in specs))
     _, a4 = points("ip4set", v4)
     _, a6 = points("ip6trie", v6)
@@ -123,8 +127,11 @@ def test_sighup_reloads_without_interval(files_server, tmp_path):  # type: ignor
 
 
 def test_bad_spec_is_an_error(tmp_path):  # type: ignore[no-untyped-def]
-    for spec, named in ((f"{ZONE}:ip9set:x", "ip9set"), ("nozonespec", "nozonespec"),
-                        (f"{ZONE}:ip4set:{tmp_path / 'missing'}", "missing")):
+    for spec, named in (
+        (f"{ZONE}:ip9set:x", "ip9set"),
+        ("nozonespec", "nozonespec"),
+        (f"{ZONE}:ip4set:{tmp_path / 'missing'}", "missing"),
+    ):
         result = run_cli("serve", "--listen", "127.0.0.1:0", spec)
         assert result.returncode == 2 and named in result.stderr and "Traceback" not in result.stderr
 
@@ -140,3 +147,140 @@ def test_zone_check_names_every_problem(tmp_path):  # type: ignore[no-untyped-de
     assert good.returncode == 0, good.stdout
     missing = run_cli("zone-check", f"{ZONE}:ip4set:{tmp_path / 'none'}")
     assert missing.returncode == 2 and "none" in missing.stderr
+
+
+# --- name datasets: dnset, generic, combined -------------------------------------------------------
+
+DNSET_NAMES = [
+    "spam.example.net",
+    "sub.spam.example.net",
+    "SPAM.Example.NET",  # exact: not its subdomains; any case
+    "phish.example.net",
+    "a.phish.example.net",
+    "b.a.phish.example.net",  # *.name: depth 1 and 2 only
+    "cdn.phish.example.net",
+    "x.cdn.phish.example.net",
+    "mail.phish.example.net",
+    "x.mail.phish.example.net",
+    "y.x.mail.phish.example.net",
+    "malware.example.com",
+    "x.malware.example.com",
+    "y.x.malware.example.com",
+    "clean.malware.example.com",
+    "y.clean.malware.example.com",
+    "safe.malware.example.com",
+    "a.safe.malware.example.com",
+    "b.a.safe.malware.example.com",
+    "multi.example.net",
+    "both.example.net",
+    "late.example.net",
+    "example.net",
+    "net",
+    "example.com",
+    "nope.example.org",
+    "spam.example.net.example",
+]
+GENERIC_NAMES = ["@", "www", "WWW", "about", "multi", "host.deep", "deep", "x.host.deep", "mail", "nope"]
+COMBINED_NAMES = [
+    "@",
+    "www",
+    "proxies",
+    "relays",
+    "v6",
+    "dbl",
+    "domains.dbl",
+    "www.proxies",
+    "www.dbl",
+    "x.www.proxies",
+    "10.2.0.192",
+    "20.2.0.192",
+    "5.100.51.198",
+    "10.2.0.192.proxies",
+    "20.2.0.192.proxies",
+    "10.2.0.192.relays",
+    "20.2.0.192.relays",
+    "5.100.51.198.relays",
+    "5.100.51.198.proxies",
+    "10.2.0.192.v6",
+    "nosuch",
+    "1.2.3.4.nosuch",
+    "spam.example.net.dbl",
+    "x.spam.example.net.dbl",
+    "y.x.spam.example.net.dbl",
+    "ok.spam.example.net.dbl",
+    "spam.example.net",
+    "a.example.com.domains.dbl",
+    "b.a.example.com.domains.dbl",
+    "example.com.domains.dbl",
+    "spam.example.net.domains.dbl",
+    "a.example.com.dbl",
+    "x.domains.dbl.proxies",
+]
+
+
+def absolute(name: str, zone: str = ZONE) -> str:
+    return zone if name == "@" else f"{name}.{zone}"
+
+
+def _mx(message) -> set[str]:  # type: ignore[no-untyped-def]
+    return {rdata.to_text() for rrset in message.answer if rrset.rdtype == 15 for rdata in rrset}
+
+
+def name_differences(
+    ours: Server, ref: Rbldnsd, names: list[str], rdtypes: tuple[str, ...] = ("A", "TXT")
+) -> list[str]:
+    found = []
+    for name in map(absolute, names):
+        for rdtype in rdtypes:
+            a, b = ours.ask(name, rdtype), ref.ask(name, rdtype)
+            found += [f"{name} {rdtype}: {d}" for d in compare(a, b)]
+            if _mx(a) != _mx(b):
+                found.append(f"{name} {rdtype}: MX {sorted(_mx(a))} != {sorted(_mx(b))}")
+    return found
+
+
+@pytest.mark.parametrize(
+    ("kind", "names"), [("dnset", DNSET_NAMES), ("generic", GENERIC_NAMES), ("combined", COMBINED_NAMES)]
+)
+def test_name_datasets_answer_as_rbldnsd(kind, names, files_server):  # type: ignore[no-untyped-def]
+    path = ZONES / f"{kind}.example"
+    ours = files_server(f"{ZONE}:{kind}:{path}")
+    with Rbldnsd([(ZONE, kind, [path])]) as ref:
+        assert name_differences(ours, ref, names) == []
+
+
+def test_combined_ip_subzones_answer_as_rbldnsd(files_server):  # type: ignore[no-untyped-def]
+    path = ZONES / "combined.example"
+    ours = files_server(f"{ZONE}:combined:{path}")
+    v4 = [0xC000020A, 0xC0000214, 0xC000020B, 0xC6336407]  # 192.0.2.10, .20, .11, 198.51.100.7
+    v6 = [0x20010DB8_0001_0000 << 64 | 5, 0x20010DB8_0001_0002 << 64 | 5, 0x20010DB8_0001_0003 << 64, 1]
+    with Rbldnsd([(ZONE, "combined", [path])]) as ref:
+        for sub in ("", "proxies.", "relays.", "v6.", "dbl."):
+            assert differences(ours, ref, 4, v4, zone=sub + ZONE) == []
+            assert differences(ours, ref, 6, v6, zone=sub + ZONE) == []
+
+
+def test_generic_mx_answers_as_rbldnsd(files_server):  # type: ignore[no-untyped-def]
+    path = ZONES / "generic.example"
+    ours = files_server(f"{ZONE}:generic:{path}")
+    with Rbldnsd([(ZONE, "generic", [path])]) as ref:
+        assert name_differences(ours, ref, GENERIC_NAMES, ("MX",)) == []
+
+
+def test_partial_names_in_combined_get_nodata(files_server):  # type: ignore[no-untyped-def]
+    """As for plain IP zones: a name above a listed address is NODATA (rbldnsd: NXDOMAIN, its issue #17)."""
+    ours = files_server(f"{ZONE}:combined:{ZONES / 'combined.example'}")
+    assert rcode(ours.ask(f"2.0.192.proxies.{ZONE}")) == "NOERROR"
+    assert rcode(ours.ask(f"3.0.192.proxies.{ZONE}")) == "NXDOMAIN"
+
+
+def test_name_dataset_specs_are_accepted_and_checked(tmp_path):  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.dnset"
+    bad.write_text("good.example.net\nbad..example.net\n")
+    result = run_cli(
+        "zone-check",
+        f"{ZONE}:dnset:{bad}",
+        *(f"{ZONE}:{k}:{ZONES / (k + '.example')}" for k in ("dnset", "generic", "combined")),
+    )
+    assert result.returncode == 1, result.stdout
+    assert [line.split(":")[1] for line in result.stdout.splitlines() if line.startswith(str(bad))] == ["2"]
