@@ -21,14 +21,21 @@ import pytest
 LISTENING = re.compile(r"listening on (\S+):(\d+) ")
 
 
-def run_cli(*args: str, db: Path | None = None, input: str | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, db: Path | None = None, input: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = dict(os.environ, **(env or {}))
     full_env.pop("DNSBL_DB", None)
     if db is not None:
         full_env["DNSBL_DB"] = str(db)
-    return subprocess.run([sys.executable, "-m", "dnsbl_server", *args], capture_output=True,
-                          text=True, input=input, env=full_env, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "dnsbl_server", *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        env=full_env,
+        timeout=60,
+    )
 
 
 class Server:
@@ -37,10 +44,14 @@ class Server:
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         full_env = dict(os.environ, **(env or {}))
         # stderr to a file, not a pipe: a pipe nobody reads could fill and block the server
-        self.log_file = tempfile.NamedTemporaryFile("w+", prefix="dnsbl-serve-", suffix=".log")
+        self.log_file = tempfile.NamedTemporaryFile("w+", prefix="dnsbl-serve-", suffix=".log")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dnsbl_server", "serve", "--listen", "127.0.0.1:0", *args],
-            stderr=self.log_file, stdout=subprocess.DEVNULL, text=True, env=full_env)
+            stderr=self.log_file,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env=full_env,
+        )
         self.host, self.port = self._wait_listening()
 
     @property
@@ -58,8 +69,9 @@ class Server:
         self.stop()
         raise RuntimeError("server did not start:\n" + self.log)
 
-    def ask(self, name: str, rdtype: str = "A", *, tcp: bool = False, **kwargs: object
-            ) -> dns.message.Message:
+    def ask(
+        self, name: str, rdtype: str = "A", *, tcp: bool = False, **kwargs: object
+    ) -> dns.message.Message:
         query = dns.message.make_query(name, rdtype, **kwargs)  # type: ignore[arg-type]
         send = dns.query.tcp if tcp else dns.query.udp
         return send(query, self.host, port=self.port, timeout=5)
@@ -84,8 +96,12 @@ def rcode(message: dns.message.Message) -> str:
 
 
 def values(message: dns.message.Message, rdtype: str) -> list[str]:
-    return sorted(rr.to_text() for rrset in message.answer if dns.rdatatype.to_text(rrset.rdtype) == rdtype
-                  for rr in rrset)
+    return sorted(
+        rr.to_text()
+        for rrset in message.answer
+        if dns.rdatatype.to_text(rrset.rdtype) == rdtype
+        for rr in rrset
+    )
 
 
 @pytest.fixture

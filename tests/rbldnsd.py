@@ -95,8 +95,10 @@ class Rbldnsd:
                     copies[source] = self.folder / f"{len(copies)}-{source.name}"
                     shutil.copy2(source, copies[source])  # keeps mtime: $SOA serial 0 uses it
                     os.chmod(copies[source], 0o644)
-        return [f"{zone}:{kind}:" + ",".join(str(copies[Path(f).resolve()]) for f in files)
-                for zone, kind, files in specs]
+        return [
+            f"{zone}:{kind}:" + ",".join(str(copies[Path(f).resolve()]) for f in files)
+            for zone, kind, files in specs
+        ]
 
     def _command(self) -> list[str]:
         user = ["-u", "rbldns"] if os.geteuid() == 0 else []
@@ -159,20 +161,24 @@ class Rbldnsd:
     def __enter__(self) -> Rbldnsd:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.close()
 
 
 def _a_values(message: dns.message.Message) -> set[str]:
-    return {rdata.to_text() for rrset in message.answer if rrset.rdtype == dns.rdatatype.A
-            for rdata in rrset}
+    return {rdata.to_text() for rrset in message.answer if rrset.rdtype == dns.rdatatype.A for rdata in rrset}
 
 
 def _txt_strings(message: dns.message.Message) -> set[str]:
     """Each TXT record as the one string a client sees (its character-strings joined), bytes kept."""
-    return {b"".join(rdata.strings).decode("latin-1") for rrset in message.answer
-            if rrset.rdtype == dns.rdatatype.TXT for rdata in rrset}
+    return {
+        b"".join(rdata.strings).decode("latin-1")
+        for rrset in message.answer
+        if rrset.rdtype == dns.rdatatype.TXT
+        for rdata in rrset
+    }
 
 
 def _negative_soa(message: dns.message.Message) -> bool | None:
@@ -208,8 +214,9 @@ def _bits(family: int) -> int:
     return 32 if family == 4 else 128
 
 
-def boundary_addresses(ranges: Iterable[tuple[int, int]], family: int = 4, *, extra: int = 16,
-                       seed: int = 0) -> list[int]:
+def boundary_addresses(
+    ranges: Iterable[tuple[int, int]], family: int = 4, *, extra: int = 16, seed: int = 0
+) -> list[int]:
     """Addresses worth asking about `ranges` (inclusive (lo, hi) ints): each range's first, last, one
     before and one after, one random address inside it, plus `extra` random addresses anywhere in the
     family's space; sorted, no repeats, and the same for the same `seed`."""

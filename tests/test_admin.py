@@ -59,8 +59,9 @@ def rows(db: Path) -> list[tuple[str, ...]]:
         return []
     with closing(sqlite3.connect(db)) as conn:
         found = conn.execute("SELECT zone, target, source, code, reason FROM entries").fetchall()
-    return sorted((z, t, s, "-" if t.startswith("!") else str(ipaddress.IPv4Address(c)), r)
-                  for z, t, s, c, r in found)
+    return sorted(
+        (z, t, s, "-" if t.startswith("!") else str(ipaddress.IPv4Address(c)), r) for z, t, s, c, r in found
+    )
 
 
 def count(db: Path) -> int:
@@ -117,8 +118,21 @@ def write_lines(path: Path, *lines: str) -> Path:
 def fill_list(db: Path) -> None:
     ok(run_cli("add", "--zone", ZONE, NET, "--reason", NET_REASON, db=db))
     ok(run_cli("add", "--zone", ZONE, "--exclude", "192.0.2.7", db=db))
-    ok(run_cli("add", "--zone", ZONE, TWICE, "--code", "4", "--reason", TRAP_REASON, "--source",
-               "trap:bounce", db=db))
+    ok(
+        run_cli(
+            "add",
+            "--zone",
+            ZONE,
+            TWICE,
+            "--code",
+            "4",
+            "--reason",
+            TRAP_REASON,
+            "--source",
+            "trap:bounce",
+            db=db,
+        )
+    )
     ok(run_cli("add", "--zone", ZONE, TWICE, "--code", "5", "--reason", HAND_REASON, db=db))
     ok(run_cli("add", "--zone", ZONE, V6, "--code", "3", "--reason", V6_REASON, db=db))
     ok(run_cli("add", "--zone", OTHER, "192.0.2.7", "--code", "6", "--reason", OTHER_REASON, db=db))
@@ -266,9 +280,20 @@ def test_check_agrees_with_the_running_server(shared: Path, db: Path, serve: Any
     db.parent.mkdir(parents=True)
     with closing(sqlite3.connect(shared)) as source, closing(sqlite3.connect(db)) as copy:
         source.backup(copy)
-    addresses = ["192.0.2.9", "192.0.2.7", "192.0.2.8", TWICE, "198.51.100.99", "203.0.113.5",
-                 "2001:db8::5", "2001:db8:1::1", "::ffff:192.0.2.9", "::ffff:192.0.2.7", "127.0.0.2",
-                 "127.0.0.1"]
+    addresses = [
+        "192.0.2.9",
+        "192.0.2.7",
+        "192.0.2.8",
+        TWICE,
+        "198.51.100.99",
+        "203.0.113.5",
+        "2001:db8::5",
+        "2001:db8:1::1",
+        "::ffff:192.0.2.9",
+        "::ffff:192.0.2.7",
+        "127.0.0.2",
+        "127.0.0.1",
+    ]
     result = ok(run_cli("check", "--json", *addresses, db=db))
     server = serve()
     listed = 0
@@ -363,8 +388,10 @@ def test_remove_source_older_than(db: Path) -> None:
     ok(run_cli("add", "--zone", ZONE, "192.0.2.10", "192.0.2.11", "--source", "feed", db=db))
     ok(run_cli("add", "--zone", ZONE, "192.0.2.12", db=db))
     with closing(sqlite3.connect(db)) as conn, conn:  # as if not seen by the feed for 40 days
-        conn.execute("UPDATE entries SET updated = updated - 40 * 86400 WHERE target IN (?, ?)",
-                     ("192.0.2.10", "192.0.2.12"))
+        conn.execute(
+            "UPDATE entries SET updated = updated - 40 * 86400 WHERE target IN (?, ?)",
+            ("192.0.2.10", "192.0.2.12"),
+        )
     removed = ok(run_cli("remove", "--zone", ZONE, "--source", "feed", "--older-than", "30d", db=db))
     assert "removed 1 entry" in removed.stdout
     assert [(t, s) for _, t, s, _, _ in rows(db)] == [("192.0.2.11", "feed"), ("192.0.2.12", "manual")]
@@ -403,14 +430,16 @@ def test_import_ip4set_defaults_and_values(db: Path, tmp_path: Path) -> None:
     result = ok(run_cli("import", "--zone", ZONE, str(data), db=db))
     assert "imported 6 entries" in result.stdout
     default = "default for $"
-    assert rows(db) == sorted([
-        (ZONE, "!192.0.2.5", "import", "-", ""),
-        (ZONE, "10.20.0.0/16", "import", code(4), default),
-        (ZONE, "192.0.2.1", "import", code(4), default),
-        (ZONE, "192.0.2.2", "import", code(3), "own text for $"),
-        (ZONE, "192.0.2.3", "import", code(5), default),
-        (ZONE, "192.0.2.4", "import", code(6), ""),
-    ])
+    assert rows(db) == sorted(
+        [
+            (ZONE, "!192.0.2.5", "import", "-", ""),
+            (ZONE, "10.20.0.0/16", "import", code(4), default),
+            (ZONE, "192.0.2.1", "import", code(4), default),
+            (ZONE, "192.0.2.2", "import", code(3), "own text for $"),
+            (ZONE, "192.0.2.3", "import", code(5), default),
+            (ZONE, "192.0.2.4", "import", code(6), ""),
+        ]
+    )
     status, got = check_json(db, "192.0.2.2", "192.0.2.4", "10.20.30.40")
     assert status == 0
     assert got["192.0.2.2"][ZONE]["txt"] == [fill("own text for $", "192.0.2.2")]
@@ -434,38 +463,65 @@ def test_import_type_from_extension_or_flag(db: Path, tmp_path: Path) -> None:
     trie = write_lines(tmp_path / "six.ip6trie", ":3:v6 $", "2001:db8:1::/48", "2001:db8:2::1 :4:one")
     ok(run_cli("import", "--zone", ZONE, "--source", "trie", str(trie), db=db))
     plain = write_lines(tmp_path / "list.txt", "192.0.2.1  # a comment", "2001:db8:3::/64", "; nothing")
-    ok(run_cli("import", "--zone", ZONE, "--source", "plain", "--code", "9", "--reason", "plain $",
-               str(plain), db=db))
+    ok(
+        run_cli(
+            "import",
+            "--zone",
+            ZONE,
+            "--source",
+            "plain",
+            "--code",
+            "9",
+            "--reason",
+            "plain $",
+            str(plain),
+            db=db,
+        )
+    )
     mixed = write_lines(tmp_path / "mixed.data", "2001:db8:4::1", "192.0.2.2")
     as_ip4set = run_cli("import", "--zone", ZONE, "--source", "mixed", str(mixed), db=db)
     assert as_ip4set.returncode == 2 and f"{mixed}:1:" in as_ip4set.stderr
     ok(run_cli("import", "--zone", ZONE, "--source", "mixed", "--type", "plain", str(mixed), db=db))
-    assert rows(db) == sorted([
-        (ZONE, "2001:db8:1::/48", "trie", code(3), "v6 $"),
-        (ZONE, "2001:db8:2::1", "trie", code(4), "one"),
-        (ZONE, "192.0.2.1", "plain", code(9), "plain $"),
-        (ZONE, "2001:db8:3::/64", "plain", code(9), "plain $"),
-        (ZONE, "2001:db8:4::1", "mixed", code(2), ""),
-        (ZONE, "192.0.2.2", "mixed", code(2), ""),
-    ])
+    assert rows(db) == sorted(
+        [
+            (ZONE, "2001:db8:1::/48", "trie", code(3), "v6 $"),
+            (ZONE, "2001:db8:2::1", "trie", code(4), "one"),
+            (ZONE, "192.0.2.1", "plain", code(9), "plain $"),
+            (ZONE, "2001:db8:3::/64", "plain", code(9), "plain $"),
+            (ZONE, "2001:db8:4::1", "mixed", code(2), ""),
+            (ZONE, "192.0.2.2", "mixed", code(2), ""),
+        ]
+    )
 
 
 def test_import_stdin_and_gzip(db: Path, tmp_path: Path) -> None:
-    ok(run_cli("import", "--zone", ZONE, "--source", "stdin", "-", db=db,
-               input="192.0.2.1\n192.0.2.2 :3:piped $\n"))
+    ok(
+        run_cli(
+            "import",
+            "--zone",
+            ZONE,
+            "--source",
+            "stdin",
+            "-",
+            db=db,
+            input="192.0.2.1\n192.0.2.2 :3:piped $\n",
+        )
+    )
     packed = tmp_path / "feed.ip4set.gz"
     packed.write_bytes(gzip.compress(b":5:zipped $\n198.51.100.1\n198.51.100.0/24 :6\n"))
     ok(run_cli("import", "--zone", ZONE, "--source", "gz", str(packed), db=db))
     no_suffix = tmp_path / "feed.ip4set"  # gzip is told by its magic number
     no_suffix.write_bytes(gzip.compress(b"203.0.113.1 :7:\n"))
     ok(run_cli("import", "--zone", ZONE, "--source", "magic", str(no_suffix), db=db))
-    assert rows(db) == sorted([
-        (ZONE, "192.0.2.1", "stdin", code(2), ""),
-        (ZONE, "192.0.2.2", "stdin", code(3), "piped $"),
-        (ZONE, "198.51.100.1", "gz", code(5), "zipped $"),
-        (ZONE, "198.51.100.0/24", "gz", code(6), "zipped $"),
-        (ZONE, "203.0.113.1", "magic", code(7), ""),
-    ])
+    assert rows(db) == sorted(
+        [
+            (ZONE, "192.0.2.1", "stdin", code(2), ""),
+            (ZONE, "192.0.2.2", "stdin", code(3), "piped $"),
+            (ZONE, "198.51.100.1", "gz", code(5), "zipped $"),
+            (ZONE, "198.51.100.0/24", "gz", code(6), "zipped $"),
+            (ZONE, "203.0.113.1", "magic", code(7), ""),
+        ]
+    )
 
 
 def broken_gzip(kind: str) -> bytes:
@@ -490,8 +546,9 @@ def test_import_broken_gzip_is_an_error(db: Path, tmp_path: Path, kind: str) -> 
 def test_import_replace_swaps_one_source(db: Path, tmp_path: Path) -> None:
     ok(run_cli("add", "--zone", ZONE, "192.0.2.1", db=db))
     ok(run_cli("add", "--zone", ZONE, "192.0.2.9", "--source", "feedback", db=db))
-    first = write_lines(tmp_path / "first.ip4set", "192.0.2.1", "192.0.2.2", "192.0.2.3 :3:a",
-                        "192.0.2.3 :4:b")
+    first = write_lines(
+        tmp_path / "first.ip4set", "192.0.2.1", "192.0.2.2", "192.0.2.3 :3:a", "192.0.2.3 :4:b"
+    )
     ok(run_cli("import", "--source", "feed", str(first), db=db))
     assert [s for _, t, s, _, _ in rows(db) if t == "192.0.2.3"] == ["feed", "feed:2"]
     bad = write_lines(tmp_path / "bad.ip4set", "192.0.2.3 :5:c", "192.0.2.400")
@@ -500,12 +557,14 @@ def test_import_replace_swaps_one_source(db: Path, tmp_path: Path) -> None:
     assert rows(db) == before  # the swap is all or nothing
     second = write_lines(tmp_path / "second.ip4set", "192.0.2.3 :5:c", "192.0.2.4")
     ok(run_cli("import", "--replace", "--source", "feed", str(second), db=db))
-    assert rows(db) == sorted([
-        (ZONE, "192.0.2.1", "manual", code(2), ""),
-        (ZONE, "192.0.2.9", "feedback", code(2), ""),
-        (ZONE, "192.0.2.3", "feed", code(5), "c"),
-        (ZONE, "192.0.2.4", "feed", code(2), ""),
-    ])
+    assert rows(db) == sorted(
+        [
+            (ZONE, "192.0.2.1", "manual", code(2), ""),
+            (ZONE, "192.0.2.9", "feedback", code(2), ""),
+            (ZONE, "192.0.2.3", "feed", code(5), "c"),
+            (ZONE, "192.0.2.4", "feed", code(2), ""),
+        ]
+    )
 
 
 def test_import_default_source_and_repeated_address(db: Path, tmp_path: Path) -> None:
@@ -521,8 +580,21 @@ def test_import_default_source_and_repeated_address(db: Path, tmp_path: Path) ->
 
 def test_csv_round_trip(db: Path, tmp_path: Path) -> None:
     ok(run_cli("add", "--zone", ZONE, "192.0.2.0/24", "2001:db8::/48", "--reason", 'a "quoted", $', db=db))
-    ok(run_cli("add", "--zone", ZONE, "198.51.100.10-198.51.100.20", "--code", "127.0.0.9", "--expires",
-               "2031-05-06T07:08:09Z", "--source", "trap:bounce", db=db))
+    ok(
+        run_cli(
+            "add",
+            "--zone",
+            ZONE,
+            "198.51.100.10-198.51.100.20",
+            "--code",
+            "127.0.0.9",
+            "--expires",
+            "2031-05-06T07:08:09Z",
+            "--source",
+            "trap:bounce",
+            db=db,
+        )
+    )
     ok(run_cli("add", "--zone", ZONE, "--exclude", "192.0.2.7", db=db))
     ok(run_cli("add", "--zone", ZONE, "192.0.2.7", "--source", "trap", "--reason", "", db=db))
     exported = tmp_path / "list.csv"
@@ -537,23 +609,31 @@ def test_csv_round_trip(db: Path, tmp_path: Path) -> None:
 
 
 def test_csv_source_flag_wins_and_replace_needs_it(db: Path, tmp_path: Path) -> None:
-    data = write_lines(tmp_path / "rows.csv", "target,code,reason,source,expires", "192.0.2.1,3,x $,a,",
-                       "192.0.2.2,,,b,")
+    data = write_lines(
+        tmp_path / "rows.csv", "target,code,reason,source,expires", "192.0.2.1,3,x $,a,", "192.0.2.2,,,b,"
+    )
     refused = run_cli("import", "--zone", ZONE, "--replace", str(data), db=db)
     assert_one_line_error(refused, "--source")
     ok(run_cli("import", "--zone", ZONE, str(data), db=db))
     ok(run_cli("import", "--zone", ZONE, "--source", "feed", str(data), db=db))
-    assert rows(db) == sorted([
-        (ZONE, "192.0.2.1", "a", code(3), "x $"),
-        (ZONE, "192.0.2.2", "b", code(2), ""),
-        (ZONE, "192.0.2.1", "feed", code(3), "x $"),
-        (ZONE, "192.0.2.2", "feed", code(2), ""),
-    ])
+    assert rows(db) == sorted(
+        [
+            (ZONE, "192.0.2.1", "a", code(3), "x $"),
+            (ZONE, "192.0.2.2", "b", code(2), ""),
+            (ZONE, "192.0.2.1", "feed", code(3), "x $"),
+            (ZONE, "192.0.2.2", "feed", code(2), ""),
+        ]
+    )
 
 
 def test_csv_bad_row_names_file_and_line(db: Path, tmp_path: Path) -> None:
-    data = write_lines(tmp_path / "rows.csv", "target,code,reason,source,expires", "192.0.2.1,2,x,a,",
-                       "192.0.2.2,127.0.0.1,x,a,", "192.0.2.3,3,x,a,")
+    data = write_lines(
+        tmp_path / "rows.csv",
+        "target,code,reason,source,expires",
+        "192.0.2.1,2,x,a,",
+        "192.0.2.2,127.0.0.1,x,a,",
+        "192.0.2.3,3,x,a,",
+    )
     result = run_cli("import", "--zone", ZONE, str(data), db=db)
     assert result.returncode == 2 and f"{data}:3:" in result.stderr and "127.0.0.1" in result.stderr
     assert count(db) == 0
@@ -631,8 +711,9 @@ def test_export_combined(both: Path) -> None:
     lines = ok(run_cli("export", db=both)).stdout.splitlines()
     datasets = [line.split()[1].split(":")[0] for line in lines if line.startswith("$DATASET ")]
     assert datasets == ["ip4set", "ip6trie"]
-    v4_at, v6_at = (next(i for i, line in enumerate(lines) if line.startswith(f"$DATASET {d}"))
-                    for d in datasets)
+    v4_at, v6_at = (
+        next(i for i, line in enumerate(lines) if line.startswith(f"$DATASET {d}")) for d in datasets
+    )
     assert any(line.startswith("127.0.0.2 :127.0.0.2:") for line in lines[v4_at:v6_at])
     assert "192.0.2.0/24 :127.0.0.2:net $" in lines[v4_at:v6_at]
     assert "2001:db8::/64 :127.0.0.3:" in lines[v6_at:]
@@ -692,8 +773,19 @@ def test_expired_entries_stop_answering_before_the_purge(db: Path, serve: Any) -
 def test_stats_counts_per_source_and_serial_moves(db: Path) -> None:
     ok(run_cli("add", "--zone", ZONE, "192.0.2.1", "192.0.2.0/28", db=db))
     ok(run_cli("add", "--zone", ZONE, "--exclude", "192.0.2.5", db=db))
-    ok(run_cli("add", "--zone", ZONE, "198.51.100.1", "2001:db8::1", "198.51.100.2",
-               "--source", "trap:bounce", db=db))
+    ok(
+        run_cli(
+            "add",
+            "--zone",
+            ZONE,
+            "198.51.100.1",
+            "2001:db8::1",
+            "198.51.100.2",
+            "--source",
+            "trap:bounce",
+            db=db,
+        )
+    )
     [before] = json.loads(ok(run_cli("stats", "--json", db=db)).stdout)
     assert before["zone"] == ZONE and before["entries"] == 6
     assert sorted((s["source"], s["listings"], s["exclusions"], s["expired"]) for s in before["sources"]) == [
@@ -717,9 +809,17 @@ def test_concurrent_writers_lose_nothing(db: Path, serve: Any) -> None:
     env = dict(os.environ, DNSBL_DB=str(db))
     loops = [
         subprocess.Popen(
-            ["bash", "-c", f'for i in $(seq 1 {per_writer}); do {command} --source {source} {prefix}.$i '
-                           f'|| echo "add {prefix}.$i failed: $?" >&2; done'],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            [
+                "bash",
+                "-c",
+                f"for i in $(seq 1 {per_writer}); do {command} --source {source} {prefix}.$i "
+                f'|| echo "add {prefix}.$i failed: $?" >&2; done',
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         for source, prefix in writers.items()
     ]
     outputs = [loop.communicate(timeout=120) for loop in loops]
@@ -727,8 +827,11 @@ def test_concurrent_writers_lose_nothing(db: Path, serve: Any) -> None:
         assert loop.returncode == 0
         assert "locked" not in err.lower() and err == "", err
         assert out.count(f"1 entry written to {ZONE}") == per_writer
-    expected = sorted((ZONE, f"{prefix}.{i}", source, code(2), "")
-                      for source, prefix in writers.items() for i in range(1, per_writer + 1))
+    expected = sorted(
+        (ZONE, f"{prefix}.{i}", source, code(2), "")
+        for source, prefix in writers.items()
+        for i in range(1, per_writer + 1)
+    )
     assert rows(db) == expected  # every one landed, none twice
     names = [qname(target, ZONE) for _, target, _, _, _ in expected]
     assert poll(lambda: all(rcode(server.ask(name)) == "NOERROR" for name in names))

@@ -62,7 +62,9 @@ def test_exported_file_answers_in_rbldnsd_as_we_do(kind, fmt, serve, db, tmp_pat
     # and entries of our own on top, overlapping the imported ones
     family, points = query_points(kind, source)
     extra = ["192.0.2.0/26", "!192.0.2.5", "10.0.0.0/9"] if family == 4 else ["2001:db8::/33", "!2001:db8::5"]
-    assert run_cli("add", "--zone", ZONE, "--code", "11", "--reason", "ours: $", *extra, db=db).returncode == 0
+    assert (
+        run_cli("add", "--zone", ZONE, "--code", "11", "--reason", "ours: $", *extra, db=db).returncode == 0
+    )
     out_type = "combined" if fmt == "combined" else ("ip4set" if family == 4 else "ip6trie")
     exported = tmp_path / f"export.{out_type}"
     result = run_cli("export", "--zone", ZONE, "--format", out_type, "-o", str(exported), db=db)
