@@ -21,8 +21,12 @@ BAD_LINE = re.compile(r"^rbldnsd: file ", re.MULTILINE)  # `file NAME(LINE): pro
 
 
 def values(message: dns.message.Message, rdtype: str) -> list[str]:
-    return sorted(rdata.to_text() for rrset in message.answer
-                  if rrset.rdtype == dns.rdatatype.from_text(rdtype) for rdata in rrset)
+    return sorted(
+        rdata.to_text()
+        for rrset in message.answer
+        if rrset.rdtype == dns.rdatatype.from_text(rdtype)
+        for rdata in rrset
+    )
 
 
 @pytest.mark.parametrize("kind", ["ip4set", "ip4trie", "ip6trie", "ip4tset", "ip6tset"])
@@ -61,15 +65,17 @@ def test_ip6trie_with_a_32_nibble_name() -> None:
 
 def test_copies_keep_mtime_so_a_zero_serial_is_the_source_files() -> None:
     example = ZONES / "ip4set.example"  # $SOA ... 0 ...: the serial is the newest data file's mtime
-    with Rbldnsd([(ZONE, "ip4set", [example]), ("v6." + ZONE, "ip6trie", [ZONES / "ip6trie.example"])]
-                 ) as server:
+    with Rbldnsd(
+        [(ZONE, "ip4set", [example]), ("v6." + ZONE, "ip6trie", [ZONES / "ip6trie.example"])]
+    ) as server:
         soa = server.ask(ZONE, "SOA").answer[0][0]
         assert soa.serial == int(os.stat(example).st_mtime)
         assert server.ask(qname(6, "2001:db8::1", "v6." + ZONE), "A").rcode() == dns.rcode.NOERROR
 
 
-def reply(rcode: int = dns.rcode.NOERROR, answer: tuple[str, ...] = (), authority: tuple[str, ...] = ()
-          ) -> dns.message.Message:
+def reply(
+    rcode: int = dns.rcode.NOERROR, answer: tuple[str, ...] = (), authority: tuple[str, ...] = ()
+) -> dns.message.Message:
     message = dns.message.make_response(dns.message.make_query("2.0.0.127." + ZONE, "ANY"))
     message.set_rcode(rcode)
     message.answer = [rrset(line) for line in answer]
@@ -95,10 +101,13 @@ def test_compare_ignores_ttl_order_aa_and_ns() -> None:
 
 def test_compare_sees_a_missing_soa_only_on_negative_answers() -> None:
     assert compare(reply(dns.rcode.NXDOMAIN, authority=(SOA,)), reply(dns.rcode.NXDOMAIN)) == [
-        "negative answer SOA in authority: True != False"]
+        "negative answer SOA in authority: True != False"
+    ]
     assert compare(reply(authority=(SOA, NS)), reply(authority=(NS,))) != []  # NODATA
-    assert compare(reply(answer=("x 1 A 127.0.0.2",), authority=(SOA,)),
-                   reply(answer=("x 1 A 127.0.0.2",))) == []
+    assert (
+        compare(reply(answer=("x 1 A 127.0.0.2",), authority=(SOA,)), reply(answer=("x 1 A 127.0.0.2",)))
+        == []
+    )
 
 
 def test_boundary_addresses_and_qname() -> None:

@@ -30,14 +30,21 @@ def nibbles(ip6: str, zone: str = ZONE) -> str:
 
 @pytest.fixture
 def listed(db):  # type: ignore[no-untyped-def]
-    result = run_cli("add", "--zone", ZONE, "203.0.113.7", "--code", "2", "--reason", "Listed: $ see $$5",
-                     db=db)
+    result = run_cli(
+        "add", "--zone", ZONE, "203.0.113.7", "--code", "2", "--reason", "Listed: $ see $$5", db=db
+    )
     assert result.returncode == 0, result.stderr
-    assert run_cli("add", "--zone", ZONE, "198.51.100.0/24", "--code", "3", "--reason", "net $",
-                   db=db).returncode == 0
+    assert (
+        run_cli(
+            "add", "--zone", ZONE, "198.51.100.0/24", "--code", "3", "--reason", "net $", db=db
+        ).returncode
+        == 0
+    )
     assert run_cli("add", "--zone", ZONE, "--exclude", "198.51.100.77", db=db).returncode == 0
-    assert run_cli("add", "--zone", ZONE, "2001:db8:1::/48", "--code", "4", "--reason", "v6 $",
-                   db=db).returncode == 0
+    assert (
+        run_cli("add", "--zone", ZONE, "2001:db8:1::/48", "--code", "4", "--reason", "v6 $", db=db).returncode
+        == 0
+    )
     return db
 
 
@@ -138,8 +145,22 @@ def test_zone_created_by_serve(serve, db):  # type: ignore[no-untyped-def]
 def test_edns_and_truncation_over_udp_then_tcp(serve, db):  # type: ignore[no-untyped-def]
     reason = "x" * 200
     for code in range(2, 12):
-        assert run_cli("add", "--zone", ZONE, "192.0.2.10", "--source", f"s{code}", "--code", str(code),
-                       "--reason", f"{code} {reason}", db=db).returncode == 0
+        assert (
+            run_cli(
+                "add",
+                "--zone",
+                ZONE,
+                "192.0.2.10",
+                "--source",
+                f"s{code}",
+                "--code",
+                str(code),
+                "--reason",
+                f"{code} {reason}",
+                db=db,
+            ).returncode
+            == 0
+        )
     server = serve()
     plain = server.ask(name("192.0.2.10"), "TXT")
     assert plain.flags & dns.flags.TC and not plain.answer
@@ -166,10 +187,16 @@ def test_bad_packets_never_kill_the_server(serve, listed):  # type: ignore[no-un
     server = serve()
     good = dns.message.make_query(name("203.0.113.7"), "A").to_wire()
     header = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0)
-    bad = [b"", b"\x00", good[:11], good[:20], header + b"\xc0\x0c\x00\x01\x00\x01",
-           header + b"\x40" + b"a" * 64 + b"\x00\x00\x01\x00\x01",
-           bytes([good[0], good[1], good[2] | 0x80]) + good[3:],  # QR set
-           struct.pack("!HHHHHH", 8, 0x0100, 0, 0, 0, 0)]
+    bad = [
+        b"",
+        b"\x00",
+        good[:11],
+        good[:20],
+        header + b"\xc0\x0c\x00\x01\x00\x01",
+        header + b"\x40" + b"a" * 64 + b"\x00\x00\x01\x00\x01",
+        bytes([good[0], good[1], good[2] | 0x80]) + good[3:],  # QR set
+        struct.pack("!HHHHHH", 8, 0x0100, 0, 0, 0, 0),
+    ]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(0.3)
         for packet in bad:
@@ -197,8 +224,12 @@ def test_dig_as_a_second_client(serve, listed):  # type: ignore[no-untyped-def]
     server = serve()
 
     def run(*args: str) -> str:
-        out = subprocess.run([dig, "@" + server.host, "-p", str(server.port), "+time=3", "+tries=1", *args],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            [dig, "@" + server.host, "-p", str(server.port), "+time=3", "+tries=1", *args],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         return out.stdout
 
     assert run("+short", name("203.0.113.7"), "A").split() == ["127.0.0.2"]
