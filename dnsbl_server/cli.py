@@ -7,7 +7,6 @@ unreadable files, I/O). A DnsblError becomes one line on stderr and exit 2; a tr
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
@@ -138,6 +137,8 @@ def serve(
         defaults = replace(settings.zone_defaults, ttl=ttl)
         overrides["zone_defaults"] = defaults
         overrides["zone_settings"] = {n: replace(s, ttl=ttl) for n, s in settings.zone_settings.items()}
+    import logging  # here, not at the top: `dnsbl check` and friends must start fast
+
     level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import asyncio
