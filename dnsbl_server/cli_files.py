@@ -11,7 +11,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -67,6 +67,58 @@ def parse_input(
     return rbldnsd_rows(kind, lines, name, source, expires, loose=loose)
 
 
+def parsed_in_child(args: tuple[Any, ...]) -> tuple[Iterator[list[tuple[object, ...]]], list[str]]:
+    """Read and parse the file in a child process while this one writes SQLite: the two halves of an
+    import take about as long as each other, and the GIL would run them one after the other. Chunks
+    of staged rows come through a pipe; the problems when the file is done (the list is complete
+    once the chunks are exhausted)."""
+    import multiprocessing
+
+    from .store import staged_chunks
+
+    if args[0] == "-":  # a child process gets /dev/null for stdin: read it here
+        batch = parse_input(*args)
+        return staged_chunks(batch.rows), batch.problems
+    receive, send = multiprocessing.Pipe(duplex=False)
+    child = multiprocessing.get_context("fork").Process(target=_produce, args=(send, args), daemon=True)
+    child.start()
+    send.close()
+    problems: list[str] = []
+
+    def chunks() -> Iterator[list[tuple[object, ...]]]:
+        try:
+            while True:
+                kind, payload = receive.recv()
+                if kind == "rows":
+                    yield payload
+                elif kind == "error":
+                    raise DnsblError(payload)
+                else:
+                    problems.extend(payload)
+                    return
+        except EOFError:
+            raise DnsblError(f"{args[0]}: the reader process died") from None
+        finally:
+            receive.close()
+            child.join(5)
+
+    return chunks(), problems
+
+
+def _produce(send: Any, args: tuple[Any, ...]) -> None:
+    from .store import staged_chunks
+
+    try:
+        batch = parse_input(*args)
+        for chunk in staged_chunks(batch.rows):
+            send.send(("rows", chunk))
+        send.send(("done", batch.problems))
+    except DnsblError as error:
+        send.send(("error", str(error)))
+    finally:
+        send.close()
+
+
 def report_problems(problems: list[str], limit: int = 20) -> None:
     for problem in problems[:limit]:
         click.echo(problem, err=True)
@@ -117,18 +169,19 @@ def import_(
     when = parse_when(expires, now=now) if expires else None
     store = open_store(db)
     name = zone_name(zone) if zone else pick_zone(store, None, now, create=False)
-    batch = parse_input(path, kind, source or "import", parse_code(code), reason, when, loose, source)
+    args = (path, kind, source or "import", parse_code(code), reason, when, loose, source)
+    chunks, problems = parsed_in_child(args)
 
     def verify() -> None:  # every line has been read: stop here, before the commit, if any was bad
-        report_problems(batch.problems)
-        if batch.problems and not skip_bad:
+        report_problems(problems)
+        if problems and not skip_bad:
             raise DnsblError(
-                f"{len(batch.problems)} bad line(s) in {path}: nothing imported (--skip-bad imports the rest)"
+                f"{len(problems)} bad line(s) in {path}: nothing imported (--skip-bad imports the rest)"
             )
 
     replaced = (source or "import") if replace else None
-    count = store.import_rows(name, batch.rows, replace=replaced, now=now, verify=verify)
-    skipped = f", {len(batch.problems)} bad line(s) skipped" if batch.problems else ""
+    count = store.import_staged(name, chunks, replace=replaced, now=now, verify=verify)
+    skipped = f", {len(problems)} bad line(s) skipped" if problems else ""
     click.echo(f"imported {count} entr{'y' if count == 1 else 'ies'} into {name} from {path}{skipped}")
 
 

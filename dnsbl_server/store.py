@@ -278,10 +278,22 @@ class Store:
         now: float,
         verify: Callable[[], None] = lambda: None,
     ) -> int:
-        """Write many entries in one transaction: all or nothing. The zone is created if missing;
-        `replace` first deletes the entries of that source and its sub-sources; `verify` runs after the
-        last row and before the commit, and raising there undoes it all. Journalled as one bulk
-        change: the server rebuilds the zone."""
+        """Write many entries in one transaction: all or nothing (see `import_staged`)."""
+        return self.import_staged(zone, staged_chunks(rows), replace=replace, now=now, verify=verify)
+
+    def import_staged(
+        self,
+        zone: str,
+        chunks: Iterable[list[tuple[object, ...]]],
+        *,
+        replace: str | None,
+        now: float,
+        verify: Callable[[], None] = lambda: None,
+    ) -> int:
+        """Write chunks of `staged_chunks` rows in one transaction: all or nothing. The zone is created
+        if missing; `replace` first deletes the entries of that source and its sub-sources; `verify`
+        runs after the last row and before the commit, and raising there undoes it all. Journalled as
+        one bulk change: the server rebuilds the zone."""
         written = 0
         # Rows go to an unindexed staging table first, then into `entries` in one sorted statement:
         # index inserts in key order, in C, are several times cheaper than a million random ones.
@@ -294,7 +306,7 @@ class Store:
             self.conn.execute(f"CREATE TEMP TABLE staging AS SELECT {STAGED} FROM entries WHERE 0")
             insert = f"INSERT INTO staging VALUES ({','.join('?' * STAGED.count(','))},?)"
             try:
-                for params in _staged_chunks(rows):
+                for params in chunks:
                     self.conn.executemany(insert, params)
                     written += len(params)
                 verify()
@@ -543,7 +555,8 @@ def _columns(t: Target, source: str, code: int, reason: str, expires: float | No
     return (format_target(t), source, t.family, lo, hi, int(t.excluded), code, reason, expires, plen, net)
 
 
-def _staged_chunks(rows: Iterable[Row]) -> Iterator[list[tuple[object, ...]]]:
+def staged_chunks(rows: Iterable[Row]) -> Iterator[list[tuple[object, ...]]]:
+    """Rows as chunks of STAGED tuples (plain values: cheap to send between processes)."""
     for chunk in _chunks(rows, 20000):
         for row in chunk:
             check_test_points(row.target)
