@@ -43,6 +43,8 @@ from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from typing import NamedTuple
 
+from .allowlist import BUILTIN
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Headers = dict[str, tuple[str, ...]]  # lower-case name -> decoded, unfolded values in order
@@ -53,22 +55,10 @@ MAX_RECEIVED = 40  # Received headers walked
 HEADER_LIMIT = 2_000  # characters of one header value
 TEXT_LIMIT = 32_000  # characters of notice text
 
-NON_PUBLIC: tuple[IPNetwork, ...] = tuple(
-    ipaddress.ip_network(net)
-    for net in (
-        "0.0.0.0/8",
-        "10.0.0.0/8",
-        "100.64.0.0/10",
-        "127.0.0.0/8",
-        "169.254.0.0/16",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-        "224.0.0.0/3",
-        "::/127",
-        "fc00::/7",
-        "fe80::/10",
-        "ff00::/8",
-    )
+# The allowlist's built-in ranges (one home for them), plus 240.0.0.0/4, reserved: never a mail peer.
+NON_PUBLIC: tuple[IPNetwork, ...] = (
+    *(ipaddress.ip_network(net) for net in BUILTIN),
+    ipaddress.ip_network("240.0.0.0/4"),
 )
 
 
