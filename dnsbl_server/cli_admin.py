@@ -68,6 +68,10 @@ def check_zone(store: Store, zone: str, family: int, address: int, now: float) -
         "codes": codes,
         "txt": texts,
         "entries": [_entry_json(e) for e in entries],
+        # trap hits from this address, newest first; never the trap addresses (that would burn them)
+        "evidence": [
+            dict(h, at=format_time(h["at"])) for h in store.hits(zone, format_address(family, address))
+        ],
     }
 
 
@@ -95,6 +99,8 @@ def print_check(result: dict[str, Any]) -> None:
             role = "answers" if e["answers"] else ("excludes" if e["excluded"] else "covers, less specific")
             expiry = e["expires"] or "never"
             click.echo(f"  {e['target']} ({e['source']}) {role}; created {e['created']}, expires {expiry}")
+        for h in z["evidence"]:
+            click.echo(f"  trap hit {h['at']}: {h['kind']}, message {h['message_id']}")
 
 
 @main.command()

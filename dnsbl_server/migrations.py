@@ -89,6 +89,21 @@ STEPS: tuple[Step, ...] = (
     CREATE INDEX changes_at ON changes (at);
     DROP INDEX entries_source;  -- zone-scoped scans suffice for source queries, and it slowed imports
     """,
+    # 4: trap evidence: every hit, once per (zone, message, relay, kind)
+    """
+    CREATE TABLE hits (
+        id INTEGER PRIMARY KEY,
+        zone TEXT NOT NULL,
+        at REAL NOT NULL,
+        ip TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        trap TEXT NOT NULL DEFAULT '',  -- never shown publicly: it would burn the trap
+        message_id TEXT NOT NULL,
+        source TEXT NOT NULL,
+        UNIQUE (zone, message_id, ip, kind)
+    );
+    CREATE INDEX hits_ip ON hits (zone, ip, at);
+    """,
 )
 
 

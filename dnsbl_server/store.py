@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,9 +25,10 @@ if TYPE_CHECKING:  # kept out of start-up: `dnsbl check` must start fast
     import sqlite_utils
 
     from .imports import Row
+    from .policy import Hit, Policy
 
-from .addresses import Target, format_target
-from .allowlist import Allowed
+from .addresses import Target, format_address, format_target
+from .allowlist import Allowed, Allowlist
 from .errors import StoreError
 from .index import Entry
 from .migrations import ENCLOSING_INDEX, enclosing, migrate
@@ -459,6 +461,60 @@ class Store:
             "entries": sum(int(s["listings"]) + int(s["exclusions"]) for s in sources),  # type: ignore[call-overload]
             "sources": sources,
         }
+
+    # --- trap hits ---------------------------------------------------------------------------
+
+    def record_hits(
+        self, zone: str, hits: Iterable[Hit], policy: Policy, allowlist: Allowlist, now: float
+    ) -> Counter[str]:
+        """Evidence and listings for trap hits, in one transaction, with one serial change for the whole
+        batch (churn must not storm secondaries). A hit seen before (same zone, message, relay, kind)
+        counts once; allowlisted relays are never listed; entries of other sources are never touched."""
+        counts: Counter[str] = Counter()
+        with self.transaction():
+            self._create_zone(zone, now)
+            for hit in hits:
+                counts[self._record_hit(zone, hit, policy, allowlist, now)] += 1
+            if counts["listed"] or counts["extended"]:
+                self._bump(zone, now)
+        return counts
+
+    def _record_hit(self, zone: str, hit: Hit, policy: Policy, allowlist: Allowlist, now: float) -> str:
+        if allowlist.match(hit.family, hit.ip, zone) is not None:
+            return "allowlisted"
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO hits (zone, at, ip, kind, trap, message_id, source) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (
+                zone,
+                hit.at,
+                format_address(hit.family, hit.ip),
+                hit.kind,
+                hit.trap,
+                hit.message_id,
+                hit.source,
+            ),
+        )
+        if not cur.rowcount:
+            return "duplicate"
+        target, source = policy.target(hit), policy.source(hit.kind)
+        old = self.entry(zone, format_target(target), source)
+        if old is not None and old.expires is not None and old.expires >= policy.expires(hit):
+            return (
+                "extended"  # an older hit arriving late: evidence kept, the listing already reaches further
+            )
+        listing = Listing(target, policy.code(hit.kind), policy.reason(hit), policy.expires(hit))
+        self._upsert(zone, listing, source, now)
+        return "listed" if old is None else "extended"
+
+    def hits(self, zone: str, ip: str, limit: int = 20) -> list[dict[str, object]]:
+        """The latest trap evidence for one relay (the trap address left out)."""
+        rows = self.conn.execute(
+            "SELECT at, kind, message_id, source FROM hits WHERE zone = ? AND ip = ? "
+            "ORDER BY at DESC LIMIT ?",
+            (zone, ip, limit),
+        )
+        return [dict(zip(("at", "kind", "message_id", "source"), row, strict=True)) for row in rows]
 
     # --- the allowlist ----------------------------------------------------------------------
 

@@ -1,0 +1,128 @@
+"""The trap ingester's first slice: a Maildir of real trap mail in, listings and evidence out."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import poll, run_cli, values
+
+from dnsbl_server.policy import Hit, Policy
+from dnsbl_server.traps import classify, parse_message
+
+CORPUS = Path(__file__).parent / "data" / "bounces" / "sisimai-set-of-emails"
+ZONE = "bl.example.org"
+DAY = 86400
+
+
+@pytest.fixture
+def maildir(tmp_path: Path) -> Path:
+    box = tmp_path / "Maildir"
+    (box / "new").mkdir(parents=True)
+    for source in sorted(CORPUS.glob("*.eml")):
+        shutil.copy(source, box / "new" / source.name)
+    return box
+
+
+def entries(db: Path) -> dict[tuple[str, str], tuple[int, float]]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT target, source, code, expires FROM entries WHERE source LIKE 'trap:%'")
+        return {(t, s): (c & 0xFF, e) for t, s, c, e in rows}
+
+
+def test_maildir_run_lists_relays_by_kind_and_moves_messages(maildir: Path, db: Path) -> None:
+    kinds = {p.name: classify(parse_message(p.read_bytes())) for p in (maildir / "new").iterdir()}
+    result = run_cli("ingest", "--once", "--zone", ZONE, "--maildir", str(maildir), db=db)
+    assert result.returncode == 0, result.stderr
+    assert f"{len(kinds)} message(s) read" in result.stdout
+    assert not list((maildir / "new").iterdir())
+    assert sorted(p.name.split(":")[0] for p in (maildir / "cur").iterdir()) == sorted(kinds)
+    listed = entries(db)
+    assert listed, result.stdout
+    policy = Policy()
+    for (_target, source), (code, expires) in listed.items():
+        kind = source.split(":")[1]
+        assert code == policy.codes[kind] and expires is not None
+    found_kinds = {str(k) for k in kinds.values() if k is not None}
+    assert {s.split(":")[1] for _, s in listed} <= found_kinds | {"autoreply"}
+
+
+def test_rerun_and_redelivery_count_once(maildir: Path, db: Path) -> None:
+    assert run_cli("ingest", "--once", "--zone", ZONE, "--maildir", str(maildir), db=db).returncode == 0
+    before = entries(db)
+    with sqlite3.connect(db) as conn:
+        hits = conn.execute("SELECT count(*) FROM hits").fetchone()[0]
+    again = run_cli("ingest", "--once", "--zone", ZONE, "--maildir", str(maildir), db=db)
+    assert "0 message(s) read" in again.stdout
+    for done in list((maildir / "cur").iterdir())[:5]:  # the same messages delivered again
+        os.replace(done, maildir / "new" / done.name.split(":")[0])
+    redo = run_cli("ingest", "--once", "--zone", ZONE, "--maildir", str(maildir), db=db)
+    assert redo.returncode == 0 and "5 message(s) read" in redo.stdout
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM hits").fetchone()[0] == hits
+    assert entries(db).keys() == before.keys()
+
+
+def test_allowlist_and_admin_entries_are_respected(maildir: Path, db: Path, tmp_path: Path) -> None:
+    probe = tmp_path / "probe.sqlite"
+    assert run_cli("ingest", "--once", "--zone", ZONE, "--maildir", str(maildir), db=probe).returncode == 0
+    relays = sorted({t for t, _ in entries(probe)})
+    for done in (maildir / "cur").iterdir():
+        os.replace(done, maildir / "new" / done.name.split(":")[0])
+    kept_off, admin = relays[0], relays[1]
+    assert run_cli("add", "--zone", ZONE, admin, "--code", "9", "--reason", "by hand", db=db).returncode == 0
+    assert run_cli("allowlist", "add", kept_off, db=db).returncode == 0
+    assert run_cli("ingest", "--once", "--zone", ZONE, "--maildir", str(maildir), db=db).returncode == 0
+    assert kept_off not in {t for t, _ in entries(db)}
+    with sqlite3.connect(db) as conn:
+        manual = conn.execute("SELECT code, reason, expires FROM entries WHERE source = 'manual'").fetchall()
+    assert manual == [(0x7F000009, "by hand", None)]
+
+
+def test_listing_is_served_with_the_backscatter_reason(maildir: Path, db: Path, serve) -> None:  # type: ignore[no-untyped-def]
+    assert run_cli("add", "--zone", ZONE, "192.0.2.200", db=db).returncode == 0
+    server = serve()
+    assert run_cli("ingest", "--once", "--zone", ZONE, "--maildir", str(maildir), db=db).returncode == 0
+    target, source = sorted(entries(db))[0]
+    name = ".".join(reversed(target.split("."))) + "." + ZONE
+    assert poll(lambda: values(server.ask(name, "TXT"), "TXT"), timeout=10)
+    text = values(server.ask(name, "TXT"), "TXT")[0]
+    assert f"Backscatter ({source.split(':')[1]})" in text and target in text
+
+
+def test_a_locked_maildir_is_refused(maildir: Path, db: Path) -> None:
+    with open(maildir / ".dnsbl-ingest.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = run_cli("ingest", "--once", "--zone", ZONE, "--maildir", str(maildir), db=db)
+    assert result.returncode == 2 and "another ingester" in result.stderr
+    assert len(list((maildir / "new").iterdir())) == len(list(CORPUS.glob("*.eml")))
+
+
+def test_policy_codes_sources_and_expiry() -> None:
+    policy = Policy(v6_prefix=64)
+    hit = Hit(1_800_000_000.0, 4, 0xC0000201, "challenge", "<id>")
+    assert policy.source("challenge") == "trap:autoreply" and policy.code("challenge") == 0x7F000003
+    assert policy.code("callout") == 0x7F000004 and policy.code("bounce") == 0x7F000002
+    assert policy.expires(hit) == hit.at + 28 * DAY
+    v6 = policy.target(Hit(0.0, 6, 0x20010DB8 << 96 | 0x1234, "bounce", "<id>"))
+    assert (v6.lo, v6.hi) == (0x20010DB8 << 96, (0x20010DB8 << 96) | ((1 << 64) - 1))
+    assert "Backscatter (challenge) to a trap on 2027-01-15" in policy.reason(hit)
+
+
+def test_check_shows_the_evidence_without_the_trap(maildir: Path, db: Path) -> None:
+    import json
+
+    assert run_cli("ingest", "--once", "--zone", ZONE, "--maildir", str(maildir), db=db).returncode == 0
+    target, source = sorted(entries(db))[0]
+    result = run_cli("check", "--json", target, db=db)
+    assert result.returncode == 0
+    [zone] = json.loads(result.stdout)[0]["zones"]
+    kinds = {h["kind"].replace("challenge", "autoreply") for h in zone["evidence"]}
+    assert zone["evidence"] and kinds >= {source.split(":")[1]}
+    with sqlite3.connect(db) as conn:
+        traps = {t for (t,) in conn.execute("SELECT trap FROM hits WHERE ip = ?", (target,)) if t}
+    assert all(trap not in result.stdout for trap in traps)
