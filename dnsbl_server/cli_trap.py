@@ -23,6 +23,8 @@ from .errors import DnsblError
     "mode arrives with the rest of the ingester.",
 )
 @click.option("--maildir", "maildirs", multiple=True, metavar="DIR", help="Maildir the trap MX delivers to.")
+@click.option("--mbox", "mboxes", multiple=True, metavar="FILE", help="mbox the trap MX appends to.")
+@click.option("--jsonl", "feeds", multiple=True, metavar="PATH", help="JSON-lines hit feed (file or folder).")
 @click.option("--trap-mx", multiple=True, metavar="NAME", help="Host whose Received `by` marks the trap MX.")
 @click.option("--trusted", multiple=True, metavar="CIDR", help="Own relays and forwarders to step over.")
 @click.option(
@@ -37,29 +39,46 @@ def ingest(
     zone: str | None,
     once: bool,
     maildirs: Sequence[str],
+    mboxes: Sequence[str],
+    feeds: Sequence[str],
     trap_mx: Sequence[str],
     trusted: Sequence[str],
     lookup_url: str,
 ) -> None:
     """Read trap mail and list the servers that sent backscatter."""
-    from .ingest import ingest_maildir
+    from .ingest import ingest_jsonl, ingest_maildir, ingest_mbox
     from .policy import Policy
 
     if not once:
         raise DnsblError("only `dnsbl ingest --once` exists so far (the schedule comes with the ingester)")
-    if not maildirs:
-        raise DnsblError("give a trap source: --maildir DIR")
+    if not (maildirs or mboxes or feeds):
+        raise DnsblError("give a trap source: --maildir DIR, --mbox FILE or --jsonl PATH")
     networks = [_network(t) for t in trusted]
     check_source("trap")
     now = time.time()
     store = open_store(db)
     name = pick_zone(store, zone, now, create=True)
     policy = Policy(lookup_url=lookup_url)
-    for directory in maildirs:
-        summary = ingest_maildir(
-            store, name, Path(directory), policy, trusted=networks, trap_mx=trap_mx, now=now
+    runs = [
+        (
+            d,
+            lambda d=d: ingest_maildir(
+                store, name, Path(d), policy, trusted=networks, trap_mx=trap_mx, now=now
+            ),
         )
-        click.echo(f"{directory}: {summary.line()}")
+        for d in maildirs
+    ]
+    runs += [
+        (m, lambda m=m: ingest_mbox(store, name, Path(m), policy, trusted=networks, trap_mx=trap_mx, now=now))
+        for m in mboxes
+    ]
+    runs += [(f, lambda f=f: ingest_jsonl(store, name, Path(f), policy, now=now)) for f in feeds]
+    for where, run in runs:
+        try:
+            summary = run()
+        except OSError as error:
+            raise DnsblError(f"{where}: cannot read: {error.strerror}") from None
+        click.echo(f"{where}: {summary.line()}")
         for reason, count in summary.skipped.most_common():
             click.echo(f"  skipped {count}: {reason}")
 

@@ -132,3 +132,151 @@ def _done(path: Path, directory: Path) -> None:
     """new/ -> cur/ with the Maildir "seen" flag."""
     with contextlib.suppress(FileNotFoundError):
         os.replace(path, directory / "cur" / (path.name.split(":")[0] + ":2,S"))
+
+
+# --- append-only sources: JSON-lines feeds and mbox files ---------------------------------------
+
+KINDS = ("bounce", "autoreply", "challenge", "callout")
+
+
+def start_offset(store: Store, path: Path) -> tuple[int, int]:
+    """(inode, offset) to read from: where the last run stopped, or 0 after rotation or truncation."""
+    info = path.stat()
+    seen = store.read_position(str(path))
+    if seen is None or seen[0] != info.st_ino or seen[1] > info.st_size:
+        return info.st_ino, 0
+    return seen
+
+
+def jsonl_hit(line: bytes, where: str) -> Hit:
+    """One feed line: {"ts", "ip", "kind", "trap", "helo", "mail_from"}; ip and kind required."""
+    import json
+    from datetime import datetime
+
+    try:
+        record = json.loads(line)
+    except ValueError as error:
+        raise IngestError(f"{where}: not JSON: {error}") from None
+    if not isinstance(record, dict) or "ip" not in record or "kind" not in record:
+        raise IngestError(f'{where}: needs at least "ip" and "kind"')
+    if record["kind"] not in KINDS:
+        raise IngestError(f"{where}: unknown kind {record['kind']!r} (known: {', '.join(KINDS)})")
+    try:
+        ip = ipaddress.ip_address(str(record["ip"]))
+        ts = record.get("ts")
+        at = (
+            float(ts)
+            if isinstance(ts, int | float)
+            else datetime.fromisoformat(str(ts).replace("Z", "+00:00")).timestamp()
+        )
+    except (ValueError, TypeError):
+        raise IngestError(f'{where}: bad "ip" or "ts"') from None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    message_id = "sha256:" + hashlib.sha256(line.strip()).hexdigest()  # the same line twice is one hit
+    return Hit(
+        at,
+        ip.version,
+        int(ip),
+        record["kind"],
+        message_id,
+        str(record.get("trap") or "")[:500],
+        f"jsonl:{where.rsplit(':', 1)[0]}",
+    )
+
+
+def ingest_jsonl(store: Store, zone: str, path: Path, policy: Policy, *, now: float) -> Summary:
+    """A feed file, or every file of a directory, from where the last run stopped."""
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    summary = Summary()
+    allowlist = Allowlist.of(store.allowlist(zone))
+    for file in files:
+        inode, offset = start_offset(store, file)
+        hits, end = _jsonl_lines(file, offset, summary)
+        summary.outcomes.update(
+            store.record_hits(zone, hits, policy, allowlist, now, (str(file), inode, end))
+        )
+    return summary
+
+
+def _jsonl_lines(file: Path, offset: int, summary: Summary) -> tuple[list[Hit], int]:
+    hits: list[Hit] = []
+    with open(file, "rb") as handle:
+        handle.seek(offset)
+        number = 0
+        for line in handle:
+            if not line.endswith(b"\n"):
+                break  # a line still being written: the next run reads it whole
+            offset += len(line)
+            number += 1
+            if not line.strip():
+                continue
+            summary.read += 1
+            try:
+                hit = jsonl_hit(line, f"{file}:+{number}")
+            except IngestError as error:
+                summary.skipped[str(error)] += 1
+                continue
+            summary.kinds[hit.kind] += 1
+            hits.append(hit)
+    return hits, offset
+
+
+def ingest_mbox(
+    store: Store,
+    zone: str,
+    path: Path,
+    policy: Policy,
+    *,
+    trusted=(),  # type: ignore[no-untyped-def]
+    trap_mx: Sequence[str] = (),
+    now: float,
+) -> Summary:
+    """The messages appended to an mbox since the last run (mboxo/mboxrd `From ` separators)."""
+    summary = Summary()
+    allowlist = Allowlist.of(store.allowlist(zone))
+    inode, offset = start_offset(store, path)
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read()
+    messages, consumed = _mbox_messages(data)
+    hits = []
+    for message in messages:
+        summary.read += 1
+        found = hit_of(message, at=now, source=f"mbox:{path}", trusted=trusted, trap_mx=trap_mx)
+        if isinstance(found, str):
+            summary.skipped[found.split(" (")[0].split(":")[0]] += 1
+            continue
+        summary.kinds[found.kind] += 1
+        hits.append(found)
+    summary.outcomes.update(
+        store.record_hits(zone, hits, policy, allowlist, now, (str(path), inode, offset + consumed))
+    )
+    return summary
+
+
+def _mbox_messages(data: bytes) -> tuple[list[bytes], int]:
+    """Whole messages and the bytes they take; a message still being appended (no blank line before
+    the end of data) waits for the next run."""
+    starts = [0] if data.startswith(b"From ") else []
+    starts += [i + 1 for i in _find_all(data, b"\nFrom ")]
+    if not starts:
+        return [], 0
+    complete = data.endswith(b"\n\n")
+    ends = starts[1:] + ([len(data)] if complete else [])
+    messages = [
+        _unescape(data[s:e].split(b"\n", 1)[1] if b"\n" in data[s:e] else b"")
+        for s, e in zip(starts, ends, strict=False)
+    ]
+    return messages, (ends[-1] if ends else 0)
+
+
+def _find_all(data: bytes, needle: bytes) -> Iterator[int]:
+    position = data.find(needle)
+    while position != -1:
+        yield position
+        position = data.find(needle, position + 1)
+
+
+def _unescape(body: bytes) -> bytes:
+    return body.replace(b"\n>From ", b"\nFrom ")

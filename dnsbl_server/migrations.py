@@ -104,6 +104,14 @@ STEPS: tuple[Step, ...] = (
     );
     CREATE INDEX hits_ip ON hits (zone, ip, at);
     """,
+    # 5: how far the ingester read each append-only source (mbox, JSON-lines), moved with its hits
+    """
+    CREATE TABLE ingest_state (
+        source TEXT PRIMARY KEY,
+        inode INTEGER NOT NULL,
+        offset INTEGER NOT NULL
+    );
+    """,
 )
 
 

@@ -465,7 +465,13 @@ class Store:
     # --- trap hits ---------------------------------------------------------------------------
 
     def record_hits(
-        self, zone: str, hits: Iterable[Hit], policy: Policy, allowlist: Allowlist, now: float
+        self,
+        zone: str,
+        hits: Iterable[Hit],
+        policy: Policy,
+        allowlist: Allowlist,
+        now: float,
+        position: tuple[str, int, int] | None = None,
     ) -> Counter[str]:
         """Evidence and listings for trap hits, in one transaction, with one serial change for the whole
         batch (churn must not storm secondaries). A hit seen before (same zone, message, relay, kind)
@@ -475,6 +481,10 @@ class Store:
             self._create_zone(zone, now)
             for hit in hits:
                 counts[self._record_hit(zone, hit, policy, allowlist, now)] += 1
+            if position is not None:  # how far a source was read moves with what was read from it
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO ingest_state (source, inode, offset) VALUES (?,?,?)", position
+                )
             if counts["listed"] or counts["extended"]:
                 self._bump(zone, now)
         return counts
@@ -506,6 +516,12 @@ class Store:
         listing = Listing(target, policy.code(hit.kind), policy.reason(hit), policy.expires(hit))
         self._upsert(zone, listing, source, now)
         return "listed" if old is None else "extended"
+
+    def read_position(self, source: str) -> tuple[int, int] | None:
+        row = self.conn.execute(
+            "SELECT inode, offset FROM ingest_state WHERE source = ?", (source,)
+        ).fetchone()
+        return (int(row[0]), int(row[1])) if row else None
 
     def hits(self, zone: str, ip: str, limit: int = 20) -> list[dict[str, object]]:
         """The latest trap evidence for one relay (the trap address left out)."""

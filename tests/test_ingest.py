@@ -6,6 +6,7 @@ import fcntl
 import os
 import shutil
 import sqlite3
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,53 @@ def test_check_shows_the_evidence_without_the_trap(maildir: Path, db: Path) -> N
     with sqlite3.connect(db) as conn:
         traps = {t for (t,) in conn.execute("SELECT trap FROM hits WHERE ip = ?", (target,)) if t}
     assert all(trap not in result.stdout for trap in traps)
+
+
+def test_jsonl_feed_reads_on_from_where_it_stopped(tmp_path: Path, db: Path) -> None:
+    feed = tmp_path / "hits.jsonl"
+    feed.write_text(
+        '{"ts": "2026-11-03T10:22:31Z", "ip": "198.51.100.7", "kind": "bounce", "trap": "t@trap.example"}\n'
+        '{"ts": 1793000000, "ip": "2001:db8::7", "kind": "callout"}\n'
+        "not json\n"
+        '{"ip": "198.51.100.8"}\n'
+        '{"ts": 1793000000, "ip": "::ffff:198.51.100.9", "kind": "challenge"}\n'
+    )
+    first = run_cli("ingest", "--once", "--zone", ZONE, "--jsonl", str(feed), db=db)
+    assert first.returncode == 0, first.stderr
+    assert "hits.jsonl:+3: not JSON" in first.stdout and "hits.jsonl:+4: needs" in first.stdout
+    listed = entries(db)
+    assert listed[("198.51.100.7", "trap:bounce")][0] == 2
+    assert listed[("2001:db8::7", "trap:callout")][0] == 4
+    assert (
+        listed[("198.51.100.9", "trap:autoreply")][0] == 3
+    )  # mapped IPv6 is IPv4; challenge counts as autoreply
+    stamped = datetime.fromisoformat("2026-11-03T10:22:31+00:00").timestamp()
+    assert listed[("198.51.100.7", "trap:bounce")][1] == pytest.approx(stamped + 28 * DAY)
+    with open(feed, "a") as handle:
+        handle.write(
+            '{"ts": 1794000000, "ip": "198.51.100.7", "kind": "bounce"}\n{"ip": "198.51.100.10", "ki'
+        )
+    second = run_cli("ingest", "--once", "--zone", ZONE, "--jsonl", str(feed), db=db)
+    assert "1 message(s) read" in second.stdout  # old lines not re-read; the half-written one waits
+    assert entries(db)[("198.51.100.7", "trap:bounce")][1] == pytest.approx(1794000000.0 + 28 * DAY)
+
+
+def test_mbox_messages_appended_are_read_once(tmp_path: Path, db: Path) -> None:
+    mbox = tmp_path / "trap.mbox"
+    samples = sorted(CORPUS.glob("lhost-*.eml"))[:6]
+    first, later = samples[:4], samples[4:]
+
+    def append(paths: list[Path]) -> None:
+        with open(mbox, "ab") as handle:
+            for path in paths:
+                body = path.read_bytes().replace(b"\r\n", b"\n").replace(b"\nFrom ", b"\n>From ")
+                handle.write(b"From MAILER-DAEMON Sat Nov 28 00:00:00 2026\n" + body.rstrip(b"\n") + b"\n\n")
+
+    append(first)
+    run1 = run_cli("ingest", "--once", "--zone", ZONE, "--mbox", str(mbox), db=db)
+    assert run1.returncode == 0 and "4 message(s) read" in run1.stdout, run1.stdout + run1.stderr
+    run2 = run_cli("ingest", "--once", "--zone", ZONE, "--mbox", str(mbox), db=db)
+    assert "0 message(s) read" in run2.stdout
+    append(later)
+    run3 = run_cli("ingest", "--once", "--zone", ZONE, "--mbox", str(mbox), db=db)
+    assert "2 message(s) read" in run3.stdout
