@@ -42,6 +42,10 @@ class Summary:
     outcomes: Counter[str] = field(default_factory=Counter)  # listed, extended, duplicate, allowlisted
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> count
 
+    def skip(self, reason: str) -> None:
+        """Count a skipped message under the head of its reason (`no usable relay: ...`)."""
+        self.skipped[reason.split(" (")[0].split(":")[0]] += 1
+
     def line(self) -> str:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.kinds.items())) or "none"
         outcomes = ", ".join(f"{k} {n}" for k, n in sorted(self.outcomes.items())) or "nothing listed"
@@ -122,7 +126,7 @@ def _read(path: Path, summary: Summary, trusted, trap_mx) -> Hit | None:  # type
         return None
     found = hit_of(data, at=at, source=f"maildir:{path.parent.parent}", trusted=trusted, trap_mx=trap_mx)
     if isinstance(found, str):
-        summary.skipped[found.split(" (")[0].split(":")[0]] += 1
+        summary.skip(found)
         return None
     summary.kinds[found.kind] += 1
     return found
@@ -245,7 +249,7 @@ def ingest_mbox(
         summary.read += 1
         found = hit_of(message, at=now, source=f"mbox:{path}", trusted=trusted, trap_mx=trap_mx)
         if isinstance(found, str):
-            summary.skipped[found.split(" (")[0].split(":")[0]] += 1
+            summary.skip(found)
             continue
         summary.kinds[found.kind] += 1
         hits.append(found)
