@@ -27,6 +27,7 @@ from .policy import Hit, Policy
 from .store import Store
 from .traps import NoRelay, parse_message, relay, verdict
 
+Networks = Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
 BATCH = 500
 MAX_MESSAGE = 10 * 1024 * 1024  # bytes read of one message: a trap gets no legitimate giants
 
@@ -53,15 +54,13 @@ class Summary:
         return f"{self.read} message(s) read; backscatter: {kinds}; {outcomes}; {skipped} skipped"
 
 
-def hit_of(
-    data: bytes, *, at: float, source: str, trusted: Sequence[ipaddress._BaseNetwork], trap_mx: Sequence[str]
-) -> Hit | str:
+def hit_of(data: bytes, *, at: float, source: str, trusted: Networks, trap_mx: Sequence[str]) -> Hit | str:
     """The hit a trap message is, or why it is none."""
     message = parse_message(data)
     decided = verdict(message)
     if decided.kind is None:
         return f"not backscatter ({decided.reason})"
-    found = relay(message, trusted=trusted, trap_mx=trap_mx)  # type: ignore[arg-type]
+    found = relay(message, trusted=trusted, trap_mx=trap_mx)
     if isinstance(found, NoRelay):
         return f"no usable relay: {found.reason}"
     ip = found.ip
@@ -97,7 +96,7 @@ def ingest_maildir(
     directory: Path,
     policy: Policy,
     *,
-    trusted=(),  # type: ignore[no-untyped-def]
+    trusted: Networks = (),
     trap_mx: Sequence[str] = (),
     now: float,
 ) -> Summary:
@@ -115,7 +114,7 @@ def ingest_maildir(
     return summary
 
 
-def _read(path: Path, summary: Summary, trusted, trap_mx) -> Hit | None:  # type: ignore[no-untyped-def]
+def _read(path: Path, summary: Summary, trusted: Networks, trap_mx: Sequence[str]) -> Hit | None:
     summary.read += 1
     try:
         with open(path, "rb") as handle:
@@ -232,7 +231,7 @@ def ingest_mbox(
     path: Path,
     policy: Policy,
     *,
-    trusted=(),  # type: ignore[no-untyped-def]
+    trusted: Networks = (),
     trap_mx: Sequence[str] = (),
     now: float,
 ) -> Summary:
