@@ -29,7 +29,6 @@ from .resolver import TEST_LISTED, TEST_UNLISTED, expand, listings_for
 from .zone import Zone
 from .zonefile import cidr_blocks, octet_blocks
 
-FORMATS = ("combined", "ip4set", "ip6trie", "bind", "csv")
 Answer = tuple[tuple[int, str], ...]  # (code, reason) pairs, sorted
 
 

@@ -271,18 +271,6 @@ class Store:
             self._journal(zone, target, src, "del", now)
         return found
 
-    def import_rows(
-        self,
-        zone: str,
-        rows: Iterable[Row],
-        *,
-        replace: str | None,
-        now: float,
-        verify: Callable[[], None] = lambda: None,
-    ) -> int:
-        """Write many entries in one transaction: all or nothing (see `import_staged`)."""
-        return self.import_staged(zone, staged_chunks(rows), replace=replace, now=now, verify=verify)
-
     def import_staged(
         self,
         zone: str,

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .addresses import (
-    V4_MAX,
     Target,
     cidr_prefix,
     format_target,
@@ -424,6 +423,3 @@ def rbldnsd_blocks(item: Item, kind: str) -> Iterator[Target]:
         pieces = cidr_blocks(t.lo, t.hi, 32 if t.family == 4 else 128)
     for lo, hi in pieces:
         yield Target(t.family, lo, hi, t.excluded)
-
-
-__all__ = ["IP_TYPES", "Item", "LineError", "Parsed", "Reader", "V4_MAX", "read_dataset", "rbldnsd_blocks"]
