@@ -112,6 +112,11 @@ STEPS: tuple[Step, ...] = (
         offset INTEGER NOT NULL
     );
     """,
+    # 6: serial changes held back to coalesce trap-hit churn (store.COALESCE_S), and evidence pruned by age
+    """
+    ALTER TABLE zones ADD COLUMN pending_since REAL;
+    CREATE INDEX hits_at ON hits (at);
+    """,
 )
 
 

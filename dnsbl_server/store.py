@@ -8,6 +8,9 @@ Rules:
 - Every change is journalled in `changes` (the server follows it to update its index) and moves the
   zone's serial forward. The serial is never lower than it was: `serial()` also counts entries that
   expired since the last write, so an expiry moves it at its own moment, before anything purges it.
+- Trap hits arrive in bursts and mostly only extend an expiry: their serial change is coalesced. Within
+  COALESCE_S of the last serial change a hit batch only marks the zone pending, and `serial()` moves
+  the serial once when that window closes, so secondaries see at most one change per window.
 - An entry is identified by (zone, canonical target, source); writing it again updates it.
 """
 
@@ -35,6 +38,7 @@ from .migrations import ENCLOSING_INDEX, enclosing, migrate
 from .resolver import TEST_LISTED, TEST_UNLISTED
 
 BUSY_TIMEOUT_S = 30.0
+COALESCE_S = 5.0  # at most one serial change per this many seconds from trap hits
 SERIAL_MAX = (1 << 32) - 1
 
 
@@ -51,6 +55,7 @@ class ZoneRow(NamedTuple):
     name: str
     serial: int
     changed_at: float
+    pending_since: float | None = None  # a coalesced change waiting for its serial
 
 
 class Change(NamedTuple):
@@ -161,7 +166,7 @@ class Store:
     # --- zones ------------------------------------------------------------------------------
 
     def zones(self) -> list[ZoneRow]:
-        rows = self.conn.execute("SELECT name, serial, changed_at FROM zones ORDER BY name")
+        rows = self.conn.execute("SELECT name, serial, changed_at, pending_since FROM zones ORDER BY name")
         return [ZoneRow(*row) for row in rows]
 
     def zone_names(self) -> list[str]:
@@ -185,22 +190,28 @@ class Store:
 
     def _zone(self, name: str) -> ZoneRow | None:
         row = self.conn.execute(
-            "SELECT name, serial, changed_at FROM zones WHERE name = ?", (name,)
+            "SELECT name, serial, changed_at, pending_since FROM zones WHERE name = ?", (name,)
         ).fetchone()
         return ZoneRow(*row) if row else None
 
     def serial(self, zone: str, now: float) -> int:
-        """The zone's serial as of `now`: the stored one, moved on by every expiry since."""
+        """The zone's serial as of `now`: the stored one, moved on by a coalesced change whose window
+        has closed and by every expiry since. Never goes down as `now` goes on."""
         row = self._zone(zone)
         if row is None:
             raise StoreError(f"no zone {zone!r}")
+        serial = row.serial
+        if row.pending_since is not None:
+            due = max(row.pending_since, row.changed_at + COALESCE_S)
+            if now >= due:
+                serial = max(serial + 1, int(due))
         count, latest = self.conn.execute(
             "SELECT count(*), max(expires) FROM entries WHERE zone = ? AND expires > ? AND expires <= ?",
             (zone, row.changed_at, now),
         ).fetchone()
         if not count:
-            return row.serial
-        return max(row.serial + count, int(latest)) & SERIAL_MAX
+            return serial & SERIAL_MAX
+        return max(serial + count, int(latest)) & SERIAL_MAX
 
     def touch(self, zone: str, now: float) -> None:
         """Move the serial forward with no entry changed (a data file of the zone was reloaded)."""
@@ -209,7 +220,31 @@ class Store:
 
     def _bump(self, zone: str, now: float) -> None:
         serial = max(self.serial(zone, now) + 1, int(now)) & SERIAL_MAX
-        self.conn.execute("UPDATE zones SET serial = ?, changed_at = ? WHERE name = ?", (serial, now, zone))
+        self.conn.execute(
+            "UPDATE zones SET serial = ?, changed_at = ?, pending_since = NULL WHERE name = ?",
+            (serial, now, zone),
+        )
+
+    def _bump_coalesced(self, zone: str, now: float) -> None:
+        """Like `_bump`, unless the serial moved less than COALESCE_S ago: then the change waits for
+        `serial()` to count it when the window closes (the index follows the journal meanwhile)."""
+        row = self._zone(zone)
+        assert row is not None
+        last = row.changed_at
+        if row.pending_since is not None:
+            due = max(row.pending_since, row.changed_at + COALESCE_S)
+            if now < due:
+                return  # a change is already waiting: this one rides along
+            # the waiting change has had its serial since `due`: store it, as of then
+            self.conn.execute(
+                "UPDATE zones SET serial = ?, changed_at = ?, pending_since = NULL WHERE name = ?",
+                (self.serial(zone, due), due, zone),
+            )
+            last = due
+        if now - last >= COALESCE_S:
+            self._bump(zone, now)
+        else:
+            self.conn.execute("UPDATE zones SET pending_since = ? WHERE name = ?", (now, zone))
 
     def _journal(self, zone: str, target: str | None, source: str | None, op: str, now: float) -> None:
         self.conn.execute(
@@ -474,8 +509,13 @@ class Store:
                     "INSERT OR REPLACE INTO ingest_state (source, inode, offset) VALUES (?,?,?)", position
                 )
             if counts["listed"] or counts["extended"]:
-                self._bump(zone, now)
+                self._bump_coalesced(zone, now)
         return counts
+
+    def prune_hits(self, before: float) -> int:
+        """Forget trap evidence older than `before` (the retention period); return how many hits."""
+        with self.transaction():
+            return int(self.conn.execute("DELETE FROM hits WHERE at < ?", (before,)).rowcount)
 
     def _record_hit(self, zone: str, hit: Hit, policy: Policy, allowlist: Allowlist, now: float) -> str:
         if allowlist.match(hit.family, hit.ip, zone) is not None:

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from dnsbl_server.addresses import parse_target
+from dnsbl_server.allowlist import Allowlist
 from dnsbl_server.errors import StoreError
 from dnsbl_server.loader import FOLD_AT, Loader
 from dnsbl_server.migrations import STEPS
-from dnsbl_server.store import Listing, Store
+from dnsbl_server.policy import Hit, Policy
+from dnsbl_server.store import COALESCE_S, Listing, Store
 from dnsbl_server.zone import ZoneSettings
 
 Z = "bl.example.org"
@@ -149,3 +151,59 @@ def test_loader_folds_a_large_overlay_and_sees_new_zones(store: Store) -> None:
     assert not zone.index.changed and len(list(zone.index.entries())) == FOLD_AT + 10
     store.ensure_zone("other.example", T0)
     assert {z.name for z in loader.refresh(T0)} == {Z, "other.example"}  # type: ignore[union-attr]
+
+
+def hit(at: float, ip: int, message_id: str) -> Hit:
+    return Hit(at, 4, ip, "bounce", message_id, "trap@example.org", "test")
+
+
+def record(store: Store, at: float, ip: int, message_id: str) -> None:
+    store.record_hits(Z, [hit(at, ip, message_id)], Policy(), Allowlist.of([]), at)
+
+
+def test_trap_hit_serial_changes_are_coalesced(store: Store) -> None:
+    record(store, T0 + 100, 0x5DB80001, "<a>")  # the first change after a quiet spell: at once
+    first = store.serial(Z, T0 + 100)
+    assert first >= T0 + 100  # moved at once (the zone's serial was T0)
+    for i in range(1, 5):  # a burst within the window: listed, but no serial change yet
+        record(store, T0 + 100 + i * 0.5, 0x5DB80001 + i, f"<b{i}>")
+        assert store.serial(Z, T0 + 100 + i * 0.5) == first
+    assert len(list(store.entries(Z))) == 5
+    after = store.serial(Z, T0 + 100 + COALESCE_S)  # the window closes: one change for the burst
+    assert after > first
+    assert store.serial(Z, T0 + 200) == after  # and only one
+    serials = [store.serial(Z, T0 + 100 + t / 4) for t in range(0, 400)]
+    assert serials == sorted(serials)  # never goes back
+
+
+def test_coalesced_serial_changes_at_most_once_per_window(store: Store) -> None:
+    record(store, T0 + 100, 0x5DB80001, "<a>")
+    changes = []
+    previous = store.serial(Z, T0 + 100)
+    for step in range(1, 200):  # a hit every 0.25 s for 50 s
+        at = T0 + 100 + step / 4
+        record(store, at, 0x5DB80001 + step, f"<m{step}>")
+        serial = store.serial(Z, at)
+        assert serial >= previous
+        if serial != previous:
+            changes.append(at)
+        previous = serial
+    gaps = [b - a for a, b in zip(changes, changes[1:], strict=False)]
+    assert changes and min(gaps) >= COALESCE_S
+
+
+def test_admin_writes_are_not_held_back_by_coalescing(store: Store) -> None:
+    record(store, T0 + 100, 0x5DB80001, "<a>")
+    record(store, T0 + 101, 0x5DB80002, "<b>")  # pending
+    before = store.serial(Z, T0 + 101)
+    store.add(Z, [listing("192.0.2.1")], source="manual", now=T0 + 102)
+    assert store.serial(Z, T0 + 102) > before
+    assert store.serial(Z, T0 + 200) == store.serial(Z, T0 + 102)  # the pending change was folded in
+
+
+def test_prune_hits_forgets_old_evidence_only(store: Store) -> None:
+    record(store, T0, 0x5DB80001, "<old>")
+    record(store, T0 + 100 * 86400, 0x5DB80002, "<new>")
+    assert store.prune_hits(T0 + 10 * 86400) == 1
+    assert [h["message_id"] for h in store.hits(Z, "93.184.0.2")] == ["<new>"]
+    assert store.hits(Z, "93.184.0.1") == []
