@@ -229,18 +229,28 @@ def stats(db: str | None, zones: Sequence[str], as_json: bool) -> None:
 @main.command()
 @db_option
 @zones_option
-@click.option("--json", "as_json", is_flag=True, help="JSON output: {zone: count}.")
+@click.option(
+    "--evidence-days",
+    type=click.FloatRange(min=0),
+    default=90,
+    show_default=True,
+    help="Also forget trap hits (evidence) older than this many days.",
+)
+@click.option("--json", "as_json", is_flag=True, help="JSON output: {zone: count} of entries purged.")
 @guarded
-def expire(db: str | None, zones: Sequence[str], as_json: bool) -> None:
-    """Purge expired entries (the server already ignores them) and old journal rows."""
+def expire(db: str | None, zones: Sequence[str], evidence_days: float, as_json: bool) -> None:
+    """Purge expired entries (the server already ignores them), old journal rows and old trap evidence."""
     now = time.time()
     store = open_store(db, create=False)
-    purged = store.expire(read_zones(store, zones), now)
+    names = read_zones(store, zones)
+    purged = store.expire(names, now)
+    forgotten = store.prune_hits(now - evidence_days * 86400, names)
     if as_json:
         emit_json(purged)
-    else:
-        for zone, count in purged.items():
-            click.echo(f"{zone}: {count} expired entr{'y' if count == 1 else 'ies'} purged")
+        return
+    for zone, count in purged.items():
+        click.echo(f"{zone}: {count} expired entr{'y' if count == 1 else 'ies'} purged")
+    click.echo(f"{forgotten} trap hit(s) older than {evidence_days:g} days forgotten")
 
 
 # --- allowlist --------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, TargetError
 from .zone import ZoneSettings
 
 DEFAULT_LISTEN = "127.0.0.1:5300"  # loopback, unprivileged; not 5353 (mDNS)
@@ -38,8 +38,36 @@ class Settings:
     zone_defaults: ZoneSettings = ZoneSettings()
     zone_settings: dict[str, ZoneSettings] = field(default_factory=dict)
 
+    ingest: IngestSettings | None = None  # the [ingest] table: trap sources on a schedule
+
     def settings_for(self, zone: str) -> ZoneSettings:
         return self.zone_settings.get(zone, self.zone_defaults)
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """The backscatter trap: where trap mail comes from and the listing policy (README, "Trap
+    ingester"). Plain values only: schedule.py turns them into running jobs."""
+
+    zone: str | None = None  # None: the database's only zone
+    interval: float = 300.0  # seconds between runs of the file sources
+    maildirs: tuple[str, ...] = ()
+    mboxes: tuple[str, ...] = ()
+    jsonl: tuple[str, ...] = ()
+    trap_mx: tuple[str, ...] = ()
+    trusted: tuple[str, ...] = ()  # CIDRs
+    lookup_url: str = "https://bl.example.org/lookup?ip=$"
+    listing_days: float = 28.0
+    evidence_days: float = 90.0
+    v6_prefix: int = 128
+    smtpd_listen: tuple[str, ...] = ()  # the built-in SMTP trap listener: off unless listening
+    trap_domains: tuple[str, ...] = ()
+    proxy_from: tuple[str, ...] = ()  # CIDRs allowed to send a PROXY header
+    hostname: str = ""
+
+    @property
+    def has_sources(self) -> bool:
+        return bool(self.maildirs or self.mboxes or self.jsonl or self.smtpd_listen)
 
 
 def resolve_db(cli_value: str | None, config_value: str | None = None) -> Path:
@@ -115,7 +143,63 @@ _TOP = {
     "datasets",
     "check_interval",
     "loose",
+    "ingest",
 }
+
+_INGEST_LISTS = {"maildirs", "mboxes", "jsonl", "trap_mx", "trusted"}
+_INGEST_NUMBERS = {"listing_days", "evidence_days", "v6_prefix"}
+_SMTPD_LISTS = {"listen": "smtpd_listen", "trap_domains": "trap_domains", "proxy_from": "proxy_from"}
+
+
+def ingest_settings(table: dict[str, Any], where: str) -> IngestSettings:
+    """The [ingest] table (and its [ingest.smtpd] sub-table), checked key by key."""
+    from .addresses import parse_duration
+
+    smtpd = table.get("smtpd", {})
+    known = _INGEST_LISTS | _INGEST_NUMBERS | {"zone", "interval", "lookup_url", "smtpd"}
+    _no_unknown(set(table) - known, where)
+    _no_unknown(set(smtpd) - set(_SMTPD_LISTS) - {"hostname"}, f"{where}.smtpd")
+    values: dict[str, Any] = {}
+    for key in _INGEST_LISTS:
+        values[key] = _strings(table.get(key, []), f"{where}: {key}")
+    for key, name in _SMTPD_LISTS.items():
+        values[name] = _strings(smtpd.get(key, []), f"{where}.smtpd: {key}")
+    for key in _INGEST_NUMBERS & set(table):
+        if not isinstance(table[key], int | float) or table[key] < 0:
+            raise ConfigError(f"{where}: {key} must be a non-negative number, not {table[key]!r}")
+        values[key] = table[key]
+    if "zone" in table:
+        values["zone"] = zone_name(str(table["zone"]))
+    if "interval" in table:
+        try:
+            values["interval"] = float(parse_duration(str(table["interval"])))
+        except TargetError as error:
+            raise ConfigError(f"{where}: interval: {error}") from None
+        if values["interval"] <= 0:
+            raise ConfigError(f"{where}: interval must be longer than 0s")
+    for key in ("lookup_url",):
+        if key in table:
+            values[key] = str(table[key])
+    if "hostname" in smtpd:
+        values["hostname"] = str(smtpd["hostname"])
+    for spec in values["smtpd_listen"]:
+        parse_listen(spec)
+    if values["smtpd_listen"] and not values["trap_domains"]:
+        raise ConfigError(f"{where}.smtpd: listen needs trap_domains (the domains the traps are in)")
+    return IngestSettings(**values)
+
+
+def _no_unknown(keys: set[str], where: str) -> None:
+    if keys:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(keys))}")
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: expected a list of strings, not {value!r}")
+    return tuple(value)
 
 
 def from_file(path: str | os.PathLike[str]) -> tuple[Settings, str | None]:
@@ -141,5 +225,6 @@ def from_file(path: str | os.PathLike[str]) -> tuple[Settings, str | None]:
         loose=bool(data.get("loose", False)),
         zone_defaults=defaults,
         zone_settings=per_zone,
+        ingest=ingest_settings(data["ingest"], f"{path}: [ingest]") if "ingest" in data else None,
     )
     return settings, data.get("db")

@@ -14,16 +14,21 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .addresses import parse_target
 from .config import DEMO_ZONE, Settings
 from .datafiles import DataFiles, compose, parse_spec
+from .errors import ConfigError
 from .loader import Loader
 from .resolver import Options
 from .server import Handler, Holder, listen
 from .store import Listing, Store
 from .zone import Zones
+
+if TYPE_CHECKING:
+    from .schedule import Trap
 
 log = logging.getLogger("dnsbl.daemon")
 REFRESH_S = 0.25  # a change by another process is served within about this long
@@ -100,6 +105,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         log.info(
             "listening on %s (udp, tcp) for %s", shown, ", ".join(z.name for z in holder.zones) or "no zones"
         )
+    trap = await _start_trap(settings)
     stop = stop or asyncio.Event()
     reload_now = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -110,10 +116,26 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         refresher = asyncio.create_task(_follow(sources, holder, worker, settings.check_interval, reload_now))
         await stop.wait()
         refresher.cancel()
+        if trap is not None:
+            await trap.stop()
         for closer in closers:
             closer.close()
     sources.close()
     log.info("stopped")
+
+
+async def _start_trap(settings: Settings) -> Trap | None:
+    """The trap ingester's schedule (and SMTP listener) inside the server, when [ingest] has sources."""
+    if settings.ingest is None or not settings.ingest.has_sources:
+        return None
+    if not settings.use_db:
+        raise ConfigError("[ingest] needs a database to list into (--db, DNSBL_DB or the config's db)")
+    from .schedule import open_trap
+
+    trap = open_trap(settings.ingest, settings.db, time.time())
+    await trap.start()
+    log.info("trap ingester: listing into %s", trap.ingester.zone)
+    return trap
 
 
 async def _follow(

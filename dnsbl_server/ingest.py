@@ -17,8 +17,9 @@ import hashlib
 import ipaddress
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from .allowlist import Allowlist
@@ -102,6 +103,8 @@ def ingest_maildir(
 ) -> Summary:
     summary = Summary()
     allowlist = Allowlist.of(store.allowlist(zone))
+    if not directory.is_dir():
+        raise IngestError(f"{directory}: not a Maildir (no such directory)")
     with locked(directory):
         paths = new_messages(directory)
         (directory / "cur").mkdir(exist_ok=True)
@@ -283,3 +286,35 @@ def _find_all(data: bytes, needle: bytes) -> Iterator[int]:
 
 def _unescape(body: bytes) -> bytes:
     return body.replace(b"\n>From ", b"\nFrom ")
+
+
+# --- every configured file source, one run ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileSources:
+    maildirs: Sequence[str] = ()
+    mboxes: Sequence[str] = ()
+    jsonl: Sequence[str] = ()
+    trusted: Networks = ()
+    trap_mx: Sequence[str] = ()
+
+
+def run_sources(
+    store: Store, zone: str, sources: FileSources, policy: Policy, *, now: float
+) -> Iterator[tuple[str, Summary | IngestError]]:
+    """Each source's summary, or the error that stopped it: one unreadable or locked source does not
+    stop the others."""
+    mail = {"trusted": sources.trusted, "trap_mx": sources.trap_mx}
+    runs: list[tuple[str, Callable[[], Summary]]] = [
+        (d, partial(ingest_maildir, store, zone, Path(d), policy, now=now, **mail)) for d in sources.maildirs
+    ]
+    runs += [(m, partial(ingest_mbox, store, zone, Path(m), policy, now=now, **mail)) for m in sources.mboxes]
+    runs += [(f, partial(ingest_jsonl, store, zone, Path(f), policy, now=now)) for f in sources.jsonl]
+    for where, run in runs:
+        try:
+            yield where, run()
+        except IngestError as error:
+            yield where, error
+        except OSError as error:
+            yield where, IngestError(f"{where}: cannot read: {error.strerror}")

@@ -512,10 +512,16 @@ class Store:
                 self._bump_coalesced(zone, now)
         return counts
 
-    def prune_hits(self, before: float) -> int:
-        """Forget trap evidence older than `before` (the retention period); return how many hits."""
+    def prune_hits(self, before: float, zones: Sequence[str] | None = None) -> int:
+        """Forget trap evidence older than `before` (the retention period), in `zones` or all; return
+        how many hits."""
         with self.transaction():
-            return int(self.conn.execute("DELETE FROM hits WHERE at < ?", (before,)).rowcount)
+            if zones is None:
+                return int(self.conn.execute("DELETE FROM hits WHERE at < ?", (before,)).rowcount)
+            return sum(
+                int(self.conn.execute("DELETE FROM hits WHERE zone = ? AND at < ?", (z, before)).rowcount)
+                for z in zones
+            )
 
     def _record_hit(self, zone: str, hit: Hit, policy: Policy, allowlist: Allowlist, now: float) -> str:
         if allowlist.match(hit.family, hit.ip, zone) is not None:
