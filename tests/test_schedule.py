@@ -189,3 +189,9 @@ def test_ingest_without_a_source_is_an_error(db: Path) -> None:
     result = run_cli("ingest", "--zone", ZONE, db=db)
     assert result.returncode == 2
     assert "give a trap source" in result.stderr
+
+
+def test_the_example_config_parses() -> None:
+    settings, db = from_file(Path(__file__).parent.parent / "zones" / "dnsbl.toml")
+    assert db and settings.ingest is not None and settings.ingest.has_sources
+    assert settings.ingest.interval == 300 and settings.ingest.trap_domains == ("trap.example.org",)
