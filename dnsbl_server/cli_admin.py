@@ -10,19 +10,22 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .addresses import format_address, format_target, format_time, parse_address, parse_target
 from .allowlist import builtin
 from .cli import EXIT_NEGATIVE, EXIT_OK, db_option, guarded, main, open_store, pick_zone
-from .config import zone_name
+from .config import resolve_db, zone_name
 from .errors import DnsblError
 from .index import ZoneIndex, decide
 from .resolver import TXT, A, Question, resolve
 from .store import Store
-from .zone import Zone, Zones
+from .zone import Zone, Zones, ZoneSettings
+
+if TYPE_CHECKING:
+    from .datafiles import DataFiles
 
 zones_option = click.option(
     "--zone", "zones", multiple=True, metavar="NAME", help="Only this zone (repeatable)."
@@ -101,23 +104,81 @@ def print_check(result: dict[str, Any]) -> None:
             click.echo(f"  {e['target']} ({e['source']}) {role}; created {e['created']}, expires {expiry}")
         for h in z["evidence"]:
             click.echo(f"  trap hit {h['at']}: {h['kind']}, message {h['message_id']}")
+        for dataset in z.get("datasets", []):
+            click.echo(f"  data file {dataset} answers")
+
+
+def check_files(
+    files: DataFiles, store: Store | None, zone: str, family: int, address: int, now: float
+) -> dict[str, Any]:
+    """What the DNS answers for one address in a zone that has data files (and maybe a SQLite list
+    too), and which datasets answer: built exactly as `dnsbl serve` composes the zone."""
+    from .datafiles import compose
+    from .zonefile import IP_TYPES
+
+    own = check_zone(store, zone, family, address, now) if store and zone in store.zone_names() else None
+    sqlite = None
+    if own is not None:
+        sqlite = Zones.of([Zone(zone, ZoneIndex.build(store.candidates(zone, family, address)))])  # type: ignore[union-attr]
+    view = compose(sqlite, files, lambda _name: ZoneSettings())
+    name = query_name(family, address, zone)
+    codes = [str(r.data) for r in resolve(Question(name, A), view, now).answer]
+    texts = [str(r.data) for r in resolve(Question(name, TXT), view, now).answer]
+    datasets = [
+        f"{d.kind}:{','.join(d.files)}"
+        for d in files.of(zone)
+        if d.kind in IP_TYPES and d.index.lookup(family, address, now)
+    ]
+    result = own or {"zone": zone, "entries": [], "evidence": []}
+    return dict(result, listed=bool(codes), codes=codes, txt=texts, datasets=datasets)
+
+
+def load_files(config_path: str | None, now: float) -> tuple[DataFiles | None, str | None]:
+    """The config file's data files, loaded as the server loads them, and the db it names."""
+    if not config_path:
+        return None, None
+    from .config import from_file
+    from .datafiles import DataFiles, parse_spec
+
+    settings, config_db = from_file(config_path)
+    if not settings.datasets:
+        return None, config_db
+    files = DataFiles([parse_spec(s) for s in settings.datasets], loose=settings.loose)
+    files.load(now)
+    return files, config_db
 
 
 @main.command()
 @db_option
 @zones_option
+@click.option(
+    "--config", "config_path", metavar="FILE", help="Also the zones of this config, data files included."
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON output (layout in the README).")
 @click.argument("addresses", nargs=-1, required=True)
 @guarded
-def check(db: str | None, zones: Sequence[str], as_json: bool, addresses: Sequence[str]) -> None:
+def check(
+    db: str | None, zones: Sequence[str], config_path: str | None, as_json: bool, addresses: Sequence[str]
+) -> None:
     """Is ADDRESS listed? What the DNS answers, per zone, and why. Exit 0 if any is listed, 1 if none."""
     now = time.time()
     parsed = [(text, *parse_address(text)) for text in addresses]
-    store = open_store(db, create=False)
-    names = read_zones(store, zones)
+    files, config_db = load_files(config_path, now)
+    store = _check_store(db, config_db, files)
+    file_zones = files.zones() if files else []
+    have = list(dict.fromkeys([*(store.zone_names() if store else []), *file_zones]))
+    names = [zone_name(z) for z in zones] or have
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise DnsblError(f"no zone {missing[0]!r} (zones: {', '.join(have) or 'none'})")
     results = []
     for text, family, address in parsed:
-        per_zone = [check_zone(store, z, family, address, now) for z in names]
+        per_zone = [
+            check_files(files, store, z, family, address, now)
+            if files and z in file_zones
+            else check_zone(store, z, family, address, now)  # type: ignore[arg-type]
+            for z in names
+        ]
         results.append(
             {
                 "address": format_address(family, address),
@@ -132,6 +193,14 @@ def check(db: str | None, zones: Sequence[str], as_json: bool, addresses: Sequen
         for result in results:
             print_check(result)
     sys.exit(EXIT_OK if any(r["listed"] for r in results) else EXIT_NEGATIVE)
+
+
+def _check_store(db: str | None, config_db: str | None, files: DataFiles | None) -> Store | None:
+    """The database to check; a config of data files only needs none (as `dnsbl serve` needs none)."""
+    path = resolve_db(db, config_db)
+    if files is not None and not (db or config_db) and not path.exists():
+        return None
+    return open_store(str(path), create=False)
 
 
 # --- list -------------------------------------------------------------------------------------
