@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import hashlib
 import ipaddress
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -25,10 +26,12 @@ from pathlib import Path
 from .allowlist import Allowlist
 from .errors import DnsblError
 from .policy import Hit, Policy
+from .received import NoRelay, relay
 from .store import Store
-from .traps import NoRelay, parse_message, relay, verdict
+from .traps import parse_message, verdict
 
 Networks = Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+log = logging.getLogger("dnsbl.ingest")
 BATCH = 500
 MAX_MESSAGE = 10 * 1024 * 1024  # bytes read of one message: a trap gets no legitimate giants
 
@@ -65,9 +68,31 @@ def hit_of(data: bytes, *, at: float, source: str, trusted: Networks, trap_mx: S
     if isinstance(found, NoRelay):
         return f"no usable relay: {found.reason}"
     ip = found.ip
-    message_id = str(message.get("Message-ID") or "").strip() or "sha256:" + hashlib.sha256(data).hexdigest()
-    trap = str(message.get("Delivered-To") or message.get("X-Original-To") or message.get("To") or "")
-    return Hit(at, ip.version, int(ip), str(decided.kind), message_id[:500], trap[:500], source)
+    message_id = printable(message.get("Message-ID")) or "sha256:" + hashlib.sha256(data).hexdigest()
+    trap = printable(message.get("Delivered-To") or message.get("X-Original-To") or message.get("To"))
+    return Hit(at, ip.version, int(ip), str(decided.kind), message_id, trap, source)
+
+
+def printable(value: object) -> str:
+    """A header value fit to store and print: one line, no control characters (a NUL or an escape
+    sequence from a sender must not reach an operator's terminal through `dnsbl check`)."""
+    text = " ".join(str(value or "").split())
+    return "".join(c if c.isprintable() else "\ufffd" for c in text)[:500]
+
+
+def classified(
+    data: bytes, where: str, *, at: float, source: str, trusted: Networks, trap_mx: Sequence[str]
+) -> Hit | str:
+    """`hit_of`, except that a bug in the classifier skips this one message instead of blocking the
+    whole source (every later run would stop at the same message)."""
+    try:
+        found = hit_of(data, at=at, source=source, trusted=trusted, trap_mx=trap_mx)
+    except Exception as error:
+        log.exception("%s: classifier failed", where)
+        return f"classifier error: {type(error).__name__}"
+    if isinstance(found, str):
+        log.info("%s: skipped: %s", where, found)
+    return found
 
 
 @contextlib.contextmanager
@@ -126,7 +151,9 @@ def _read(path: Path, summary: Summary, trusted: Networks, trap_mx: Sequence[str
     except OSError as error:
         summary.skipped[f"unreadable: {error.strerror}"] += 1
         return None
-    found = hit_of(data, at=at, source=f"maildir:{path.parent.parent}", trusted=trusted, trap_mx=trap_mx)
+    found = classified(
+        data, str(path), at=at, source=f"maildir:{path.parent.parent}", trusted=trusted, trap_mx=trap_mx
+    )
     if isinstance(found, str):
         summary.skip(found)
         return None
@@ -247,9 +274,16 @@ def ingest_mbox(
         data = handle.read()
     messages, consumed = _mbox_messages(data)
     hits = []
-    for message in messages:
+    for number, message in enumerate(messages, 1):
         summary.read += 1
-        found = hit_of(message, at=now, source=f"mbox:{path}", trusted=trusted, trap_mx=trap_mx)
+        found = classified(
+            message[:MAX_MESSAGE],
+            f"{path}: message {number} from byte {offset}",
+            at=now,
+            source=f"mbox:{path}",
+            trusted=trusted,
+            trap_mx=trap_mx,
+        )
         if isinstance(found, str):
             summary.skip(found)
             continue

@@ -1,12 +1,14 @@
-"""Trap mail, judged: is it backscatter, of which kind, and which server handed it to the trap?
+"""Trap mail, judged: is it backscatter, and of which kind?
 
-Owns `classify` (message -> Kind | None; `verdict` adds the rule that decided), `relay` (message -> Relay |
-NoRelay, from the Received headers), `parse_received` (one Received header) and `parse_message` (bytes ->
-Message). Pure: no I/O, clock or logging; the stdlib `email` package parses. The ingester does the rest.
+Owns `classify` (message -> Kind | None; `verdict` adds the rule that decided) and `parse_message` (bytes ->
+Message). Pure: no I/O, clock or logging; the stdlib `email` package parses. Which server handed the message
+to the trap is received.py's question; the ingester does the rest.
 
 Rules:
-- Nothing here raises on a parsed message, however malformed: undecodable bytes and unknown charsets become
-  U+FFFD, and only a bounded prefix is read (MAX_HEADERS fields, MAX_PARTS parts, TEXT_LIMIT characters).
+- Nothing here raises, however malformed the message: undecodable bytes and unknown charsets become U+FFFD,
+  and only a bounded prefix is read (MAX_HEADERS fields, MAX_PARTS parts, TEXT_LIMIT characters).
+  parse_message parses up to the MAX_DELIMITERS-th boundary line, and a message nested deeper than the
+  stdlib parser can follow (some 300 levels) is read as its headers and one text body.
 - Decide from content and headers, never the envelope: RFC 3834 auto-replies use the null sender too.
 - Parts inside message/* (the returned or forwarded original) are never read: they hold the spam, not the
   notice. Only the notice's own headers, subject and text parts count.
@@ -21,11 +23,6 @@ Rules:
      filter notices included), then auto-reply. No single weak sign decides: wording needs a machine sender
      or a subject to back it, and a subject beginning Re:/Fwd: is a person's;
   5. anything else (spam sent straight to the trap, newsletters, a person's mail) is not backscatter.
-- relay: walk the Received headers from the top, skipping local hops (no peer, or a loopback one) and hops
-  from `trusted` networks. The first other hop is the relay, if a `trap_mx` host received it (any host when
-  none is named) and its address is public (NON_PUBLIC peers are ours, or a NAT/proxy hiding the sender).
-  Headers below it are the sender's and may be forged: no address is ever taken from them, so a hop that
-  cannot be read ends the walk, with a reason, instead of being stepped over.
 """
 
 from __future__ import annotations
@@ -34,32 +31,22 @@ import email
 import email.errors
 import email.header
 import email.message
+import email.parser
 import html
-import ipaddress
 import itertools
 import re
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from enum import StrEnum
 from typing import NamedTuple
 
-from .allowlist import BUILTIN
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Headers = dict[str, tuple[str, ...]]  # lower-case name -> decoded, unfolded values in order
 
 MAX_HEADERS = 400  # header fields read per message or part
 MAX_PARTS = 64  # MIME parts walked
-MAX_RECEIVED = 40  # Received headers walked
+MAX_DELIMITERS = 1_000  # lines starting "--" (MIME boundaries) parsed
 HEADER_LIMIT = 2_000  # characters of one header value
 TEXT_LIMIT = 32_000  # characters of notice text
-
-# The allowlist's built-in ranges (one home for them), plus 240.0.0.0/4, reserved: never a mail peer.
-NON_PUBLIC: tuple[IPNetwork, ...] = (
-    *(ipaddress.ip_network(net) for net in BUILTIN),
-    ipaddress.ip_network("240.0.0.0/4"),
-)
 
 
 class Kind(StrEnum):
@@ -78,38 +65,28 @@ class Verdict(NamedTuple):
     reason: str
 
 
-class Hop(NamedTuple):
-    """One Received header, read."""
-
-    index: int  # 0 = topmost Received header
-    header: str  # unfolded text
-    ip: IPAddress | None  # the TCP peer (IPv4-mapped IPv6 as IPv4); None if the from clause names none
-    by: str  # first word of the by clause, lower case, no trailing dot; "" if none
-    form: str  # "from" (a from clause), "local" (no peer: by-only, a comment, local submission), "unreadable"
-    helo: str = ""  # first word of the from clause: the peer's HELO or reverse DNS name
-
-
-class Relay(NamedTuple):
-    """The server that handed the message to the trap MX, and the Received header that says so."""
-
-    ip: IPAddress
-    hop: Hop
-    skipped: tuple[str, ...] = ()  # why each header above it was passed over
-
-
-class NoRelay(NamedTuple):
-    """No usable relay: `reason` is for the log line of the skipped message."""
-
-    reason: str
-    skipped: tuple[str, ...] = ()
-
-
 # --- reading a message, bounded -------------------------------------------------------------------------
 
 
 def parse_message(data: bytes) -> email.message.Message:
-    """Bytes -> Message. Leading blank lines are dropped: the parser would end the header at them."""
-    return email.message_from_bytes(re.sub(rb"\A(?:[ \t]*\r?\n)+", b"", data))
+    """Bytes -> Message, bounded (see the module rules). Leading blank lines are dropped: the parser would
+    end the header at them."""
+    data = _cut(re.sub(rb"\A(?:[ \t]*\r?\n)+", b"", data))
+    try:
+        return email.message_from_bytes(data)
+    except RecursionError:  # the stdlib parser recurses once per nested multipart or message/* part
+        return email.parser.BytesParser().parsebytes(data, headersonly=True)
+
+
+def _cut(data: bytes) -> bytes:
+    """The data before its MAX_DELIMITERS-th line starting with "--": the parts after it are never read,
+    and the parser would build an object for each (some two million empty parts fit in 10 MB)."""
+    at = -1
+    for _ in range(MAX_DELIMITERS):
+        at = data.find(b"\n--", at + 1)
+        if at == -1:
+            return data
+    return data[: at + 1]
 
 
 def _decode(data: bytes, charset: str | None, fallback: str | None = None) -> str:
@@ -730,137 +707,4 @@ def _report(mail: _Mail) -> Verdict | None:
         if refused or "(rejected)" in auto_submitted:
             return Verdict(Kind.BOUNCE, "automatic disposition notification: refused unread (Sieve reject)")
         return Verdict(None, "read receipt (disposition notification)")
-    return None
-
-
-# --- relay ------------------------------------------------------------------------------------------------
-
-
-def relay(
-    message: email.message.Message, *, trusted: Sequence[IPNetwork] = (), trap_mx: Sequence[str] = ()
-) -> Relay | NoRelay:
-    """The server that handed the message to the trap MX (see the module rules), or why there is none."""
-    items = itertools.islice(message.raw_items(), MAX_HEADERS)
-    headers = [value for name, value in items if str(name).strip().lower() == "received"]
-    if not headers:
-        return NoRelay("no Received header")
-    names = {name.lower().rstrip(".") for name in trap_mx}
-    skipped: list[str] = []
-    for index, header in enumerate(headers[:MAX_RECEIVED]):
-        hop = parse_received(str(header), index)
-        why = _skip(hop, trusted)
-        if why is None:
-            return _judge(hop, names, tuple(skipped))
-        skipped.append(why)
-    return NoRelay(f"all {len(skipped)} Received headers read are local or trusted", tuple(skipped))
-
-
-def _skip(hop: Hop, trusted: Sequence[IPNetwork]) -> str | None:
-    """Why this hop is passed over as our own side of the chain, or None: it may be the relay."""
-    if hop.form == "local" or (hop.ip is None and hop.helo in ("localhost", "localhost.localdomain")):
-        return f"Received #{hop.index}: local, no peer"
-    if hop.ip is not None and hop.ip.is_loopback:
-        return f"Received #{hop.index}: from loopback {hop.ip}"
-    if hop.ip is not None and any(hop.ip in net for net in trusted):
-        return f"Received #{hop.index}: from trusted {hop.ip}"
-    return None
-
-
-def _judge(hop: Hop, trap_mx: set[str], skipped: tuple[str, ...]) -> Relay | NoRelay:
-    where = f"Received #{hop.index}"
-    if hop.ip is None:
-        return NoRelay(f"{where} is unreadable or names no peer address: {hop.header[:200]!r}", skipped)
-    if trap_mx and hop.by not in trap_mx:
-        return NoRelay(
-            f"{where} from {hop.ip} was received by {hop.by or 'no named host'}, not a trap MX", skipped
-        )
-    if any(hop.ip in net for net in NON_PUBLIC):
-        return NoRelay(f"{where} is from {hop.ip}, not a public address (are your relays trusted?)", skipped)
-    return Relay(hop.ip, hop, skipped)
-
-
-def parse_received(header: str, index: int = 0) -> Hop:
-    """Read one Received header (RFC 5321 4.4) as Postfix, Exim, Sendmail, qmail, Exchange and Gmail write it.
-
-    The peer is the first address in a comment of the from clause, HELO arguments not counted (the TCP info:
-    Postfix/Sendmail/Gmail `(rdns [ip])`, `(unknown [ip])`, Exim `([ip] helo=x)`, qmail and Exchange `(ip)`),
-    else an address literal in the from clause itself (Exim `from [ip] (helo=x)`).
-    """
-    text = " ".join(header[:HEADER_LIMIT].split())
-    items = _split(text)
-    clauses = _clauses(items)
-    by_words = clauses.get("by", ([], []))[0]
-    by = by_words[0].lower().strip("[]").rstrip(".") if by_words else ""
-    if "from" not in clauses:  # by-only (local submission) or a note such as qmail's "(qmail 1 invoked ...)"
-        local = by or (items and all(kind == "comment" for kind, _ in items))
-        return Hop(index, text, None, by, "local" if local else "unreadable")
-    words, comments = clauses["from"]
-    in_comments = (_address(_HELO.sub(" ", comment)) for comment in comments)
-    ip = next(filter(None, in_comments), None) or _address(" ".join(words))
-    with_words = clauses.get("with", ([], []))[0]
-    if ip is None and with_words and with_words[0].lower().startswith("local"):  # Exim: with local(-esmtp)
-        return Hop(index, text, None, by, "local", words[0].lower() if words else "")
-    return Hop(index, text, ip, by, "from", words[0].lower().rstrip(".") if words else "")
-
-
-_CLAUSE_WORDS = frozenset({"from", "by", "via", "with", "id", "for"})
-_HELO = re.compile(r"\b(?:helo|ehlo)(?:\s*=\s*|\s+)\S+", re.I)
-_ADDRESS = re.compile(  # [ip], [IPv6:ip], [ip]:port, bare ip, user@ip, ip:port
-    r"\[(?:ipv6:)?([0-9a-f:.]+)(?:%[\w.-]*)?\]|(?<![\w.:@-])(?:[\w.+-]*@)?([0-9a-f]*[:.][0-9a-f:.]*[0-9a-f])(?![\w-])",
-    re.I,
-)
-
-
-def _split(text: str) -> list[tuple[str, str]]:
-    """Top-level ("word", w) and ("comment", text) items of a header, up to the ';' before its date."""
-    items: list[tuple[str, str]] = []
-    depth, buf, escaped = 0, [], False
-    for ch in text:
-        if escaped or ch == "\\":
-            escaped = not escaped
-            buf.append(ch)
-        elif depth == 0 and ch in ";(":
-            items += [("word", word) for word in "".join(buf).split()]
-            if ch == ";":
-                return items
-            buf, depth = [], 1
-        elif ch == "(" or (ch == ")" and depth > 1):
-            depth += 1 if ch == "(" else -1
-            buf.append(ch)
-        elif ch == ")" and depth == 1:
-            items.append(("comment", "".join(buf)))
-            buf, depth = [], 0
-        else:
-            buf.append(ch)
-    rest = "".join(buf)
-    return items + ([("comment", rest)] if depth else [("word", word) for word in rest.split()])
-
-
-def _clauses(items: list[tuple[str, str]]) -> dict[str, tuple[list[str], list[str]]]:
-    """Clause keyword -> (its words, its comments). The word after a keyword is its value, whatever it is."""
-    clauses: dict[str, tuple[list[str], list[str]]] = {}
-    current: tuple[list[str], list[str]] | None = None
-    expect_value = False
-    for kind, value in items:
-        keyword = value.lower()
-        if kind == "word" and not expect_value and keyword in _CLAUSE_WORDS and keyword not in clauses:
-            current = clauses[keyword] = ([], [])
-            expect_value = True
-        elif current is not None:
-            current[0 if kind == "word" else 1].append(value)
-            expect_value = expect_value and kind != "word"
-    return clauses
-
-
-def _address(text: str) -> IPAddress | None:
-    """The first IPv4 or IPv6 address in text; IPv4-mapped IPv6 (::ffff:a.b.c.d) as IPv4."""
-    for match in _ADDRESS.finditer(text):
-        candidate = match.group(1) or match.group(2)
-        for form in (candidate, candidate.rsplit(":", 1)[0] if "." in candidate else ""):  # ip:port
-            try:
-                ip = ipaddress.ip_address(form)
-            except ValueError:
-                continue
-            mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-            return mapped or ip
     return None

@@ -177,3 +177,10 @@ def test_mbox_messages_appended_are_read_once(tmp_path: Path, db: Path) -> None:
     append(later)
     run3 = run_cli("ingest", "--once", "--zone", ZONE, "--mbox", str(mbox), db=db)
     assert "2 message(s) read" in run3.stdout
+
+
+def test_header_values_are_stored_printable() -> None:
+    from dnsbl_server.ingest import printable
+
+    assert printable("<a\x00b\x1b[31m@x>\r\n\tmore") == "<a\ufffdb\ufffd[31m@x> more"
+    assert printable(None) == "" and len(printable("x" * 2000)) == 500

@@ -1,15 +1,14 @@
-"""traps: the pure trap-mail classifier and relay finder.
+"""traps: the pure trap-mail classifier (the relay finder is tested in test_received.py).
 
 Layers: agreement with the labelled corpus in tests/data/bounces (150 real messages, see SOURCES.md there);
-tables of hand-written messages and Received headers for each rule and format; hypothesis fuzzing for the
-promise that nothing raises on any input.
+tables of hand-written messages for each rule; hypothesis fuzzing for the promise that nothing raises on any
+input.
 """
 
 from __future__ import annotations
 
 import email
 import email.message
-import ipaddress
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -19,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dnsbl_server import traps
-from dnsbl_server.traps import Kind, NoRelay, Relay
+from dnsbl_server.traps import Kind
 
 CORPUS = Path(__file__).parent / "data" / "bounces"
 KIND_OF_LABEL = {  # LABELS.tsv classes -> our kinds; the negatives map to None
@@ -33,7 +32,6 @@ KIND_OF_LABEL = {  # LABELS.tsv classes -> our kinds; the negatives map to None
     "mdn": None,
     "not-backscatter": None,
 }
-OWN_FORWARDER = [ipaddress.ip_network("80.169.141.78/32")]  # the SpamAssassin trap owner's forwarder
 
 
 class Label(NamedTuple):
@@ -64,10 +62,6 @@ def agreement(pairs: list[tuple[str, bool]]) -> tuple[float, list[str]]:
 def message(*headers: str, body: str = "") -> email.message.Message:
     """A message from header lines ("Name: value") and a body, through the same parser as the ingester."""
     return traps.parse_message(("\n".join(headers) + "\n\n" + body).encode("utf-8"))
-
-
-def received(*values: str) -> email.message.Message:
-    return message(*(f"Received: {value}" for value in values), "Subject: x")
 
 
 # --- the corpus --------------------------------------------------------------------------------------------
@@ -111,61 +105,11 @@ def test_kind_agrees_with_labels() -> None:
     assert share >= 0.90, f"{share:.1%} of the kinds agree; wrong:\n" + "\n".join(wrong)
 
 
-def test_relay_agrees_with_first_external_hop_when_internal_ranges_are_trusted() -> None:
-    """The labels' rule (skip loopback, private and link-local peers) is ours with NON_PUBLIC trusted."""
-    pairs = []
-    for label in LABELS:
-        found = traps.relay(corpus_message(label), trusted=traps.NON_PUBLIC)
-        got = str(found.ip) if isinstance(found, Relay) else ""
-        pairs.append(
-            (
-                f"{label.path}: label {label.first_external_hop or '-'}, got {got or found}",
-                got == label.first_external_hop,
-            )
-        )
-    share, wrong = agreement(pairs)
-    assert share >= 0.95, f"{share:.1%} agree; different:\n" + "\n".join(wrong)
-
-
-def test_relay_without_trusted_stops_at_internal_hops_and_otherwise_agrees() -> None:
-    """With nothing trusted a private peer is not stepped over (it may be a NAT hiding the sender): the
-    answer is the label's address, or no relay because of a non-public hop, or no relay where the label
-    has none."""
-    pairs = []
-    for label in LABELS:
-        found = traps.relay(corpus_message(label))
-        if isinstance(found, Relay):
-            ok = str(found.ip) == label.first_external_hop
-        else:
-            ok = not label.first_external_hop or "not a public address" in found.reason
-        pairs.append((f"{label.path}: label {label.first_external_hop or '-'}, got {found}", ok))
-    share, wrong = agreement(pairs)
-    assert share >= 0.95, f"{share:.1%} agree; different:\n" + "\n".join(wrong)
-
-
-def test_relay_behind_the_trap_owners_own_forwarder() -> None:
-    cases = [label for label in LABELS if label.relay_behind_forwarder]
-    assert len(cases) == 8
-    pairs = []
-    for label in cases:
-        found = traps.relay(corpus_message(label), trusted=OWN_FORWARDER)
-        got = str(found.ip) if isinstance(found, Relay) else found
-        pairs.append(
-            (
-                f"{label.path}: want {label.relay_behind_forwarder}, got {got}",
-                got == label.relay_behind_forwarder,
-            )
-        )
-    share, wrong = agreement(pairs)
-    assert share == 1.0, "\n".join(wrong)
-
-
 def test_corpus_run_is_fast() -> None:
     messages = [corpus_message(label) for label in LABELS]
     start = time.perf_counter()
     for each in messages:
         traps.verdict(each)
-        traps.relay(each)
     assert time.perf_counter() - start < 5
 
 
@@ -592,260 +536,6 @@ def test_deep_nesting_and_huge_bodies_are_bounded() -> None:
     assert time.perf_counter() - start < 5
 
 
-# --- Received headers, by hand ----------------------------------------------------------------------------
-
-TAIL = "; Mon, 1 Jan 2024 00:00:00 +0000"
-
-
-def hop(name: str, peer: str, by: str, *header: str) -> object:
-    return pytest.param(" ".join(header), peer, by, id=name)
-
-
-MX = "mx.trap.example"
-RECEIVED_CASES = [
-    hop(
-        "Postfix",
-        "192.0.2.1",
-        MX,
-        "from mail.example.com (mail.example.com [192.0.2.1])",
-        "\n\tby mx.trap.example (Postfix) with ESMTPS id 4Xyz for <t@trap.example>",
-    ),
-    hop(
-        "Postfix unknown [ip]",
-        "198.51.100.7",
-        MX,
-        "from helo.example (unknown [198.51.100.7]) by mx.trap.example (Postfix) with ESMTP id AB",
-    ),
-    hop(
-        "Postfix, HELO is an address literal",
-        "198.51.100.7",
-        MX,
-        "from [203.0.113.99] (unknown [198.51.100.7]) by mx.trap.example (Postfix)",
-    ),
-    hop(
-        "Postfix IPv6",
-        "2001:db8::1",
-        MX,
-        "from mail.example.com (mail.example.com [IPv6:2001:db8::1]) by mx.trap.example (Postfix)",
-    ),
-    hop(
-        "Postfix with TLS comments",
-        "192.0.2.1",
-        MX,
-        "from mx.example (mx.example [192.0.2.1])",
-        "(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) key-exchange X25519)",
-        "(No client certificate requested) by mx.trap.example (Postfix) with ESMTPS id X",
-    ),
-    hop(
-        "Exim",
-        "192.0.2.1",
-        MX,
-        "from mail.example.com ([192.0.2.1] helo=mail.example.com)",
-        "by mx.trap.example with esmtps (TLS1.3) (Exim 4.96) (envelope-from <>) id 1abcde-000Fgh-IJ",
-    ),
-    hop(
-        "Exim, no reverse DNS, literal HELO",
-        "192.0.2.1",
-        MX,
-        "from [192.0.2.1] (helo=[203.0.113.5]) by mx.trap.example with esmtp (Exim 4.96)",
-    ),
-    hop(
-        "Exim with port",
-        "192.0.2.1",
-        MX,
-        "from host.example ([192.0.2.1]:51234 helo=host.example) by mx.trap.example with esmtp",
-    ),
-    hop(
-        "Exim IPv6",
-        "2001:db8::25",
-        MX,
-        "from [2001:db8::25] (helo=mail.example) by mx.trap.example with esmtp (Exim 4.96)",
-    ),
-    hop(
-        "Sendmail",
-        "192.0.2.1",
-        MX,
-        "from helo.example (rdns.example [192.0.2.1]) by mx.trap.example (8.17.1/8.17.1) with ESMTP id 401",
-    ),
-    hop(
-        "Sendmail, may be forged",
-        "192.0.2.1",
-        MX,
-        "from helo.example (rdns.example [192.0.2.1] (may be forged)) by mx.trap.example (8.17.1/8.17.1)",
-    ),
-    hop(
-        "Sendmail ident",
-        "192.0.2.1",
-        MX,
-        "from helo (IDENT:root@rdns.example [192.0.2.1]) by mx.trap.example (8.17.1/8.17.1)",
-    ),
-    hop(
-        "Sendmail IPv6",
-        "2001:db8::2",
-        MX,
-        "from helo ([IPv6:2001:db8::2]) by mx.trap.example (8.17.1/8.17.1) with ESMTP",
-    ),
-    hop(
-        "qmail",
-        "192.0.2.1",
-        MX,
-        "from unknown (HELO mail.example.com) (192.0.2.1)\n  by mx.trap.example",
-        "with SMTP",
-    ),
-    hop(
-        "qmail, literal HELO",
-        "192.0.2.1",
-        MX,
-        "from unknown (HELO [203.0.113.5]) (192.0.2.1) by mx.trap.example with SMTP",
-    ),
-    hop(
-        "qmail user@ip",
-        "192.0.2.1",
-        MX,
-        "from mail.example.com (HELO mail) (postmaster@192.0.2.1) by mx.trap.example with SMTP",
-    ),
-    hop(
-        "Exchange",
-        "10.1.2.3",
-        "exch02.corp.example",
-        "from EXCH01.corp.example (10.1.2.3) by EXCH02.corp.example (10.1.2.4) with Microsoft SMTP Server",
-        "(version=TLS1_2, cipher=TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384) id 15.1.2507.39",
-    ),
-    hop(
-        "Exchange SMTPSVC",
-        "192.0.2.1",
-        "exchange.trap.example",
-        "from mail.example.com ([192.0.2.1]) by exchange.trap.example with Microsoft SMTPSVC(6.0.3790.4675)",
-    ),
-    hop(
-        "Office 365 IPv6",
-        "2603:10b6:5:1a0::12",
-        "bn6pr01mb5678.prod.exchangelabs.com",
-        "from DM6PR01MB1234.prod.exchangelabs.com (2603:10b6:5:1a0::12) by",
-        "BN6PR01MB5678.prod.exchangelabs.com (2603:10b6:404:12::34) with Microsoft SMTP Server",
-    ),
-    hop(
-        "Gmail",
-        "209.85.220.41",
-        "mx.google.com",
-        "from mail-sor-f41.google.com (mail-sor-f41.google.com. [209.85.220.41]) by mx.google.com",
-        "with SMTPS id a1sor123 for <t@trap.example> (Google Transport Security)",
-    ),
-    hop("mapped IPv6 literal", "192.0.2.9", MX, "from host (host [IPv6:::ffff:192.0.2.9]) by", MX),
-    hop("mapped IPv6 bare", "192.0.2.9", MX, "from host (::ffff:192.0.2.9) by mx.trap.example"),
-    hop(
-        "fetchmail",
-        "127.0.0.1",
-        "box.example",
-        "from localhost [127.0.0.1] by box.example with IMAP (fetchmail-6.4.37)",
-    ),
-    hop("by clause with a trailing dot", "192.0.2.1", MX, "from a (a [192.0.2.1]) by MX.Trap.Example."),
-]
-
-
-@pytest.mark.parametrize(("header", "peer", "by"), RECEIVED_CASES)
-def test_parse_received(header: str, peer: str, by: str) -> None:
-    found = traps.parse_received(header + TAIL)
-    assert (found.form, str(found.ip), found.by) == ("from", peer, by)
-    assert type(found.ip) is type(ipaddress.ip_address(peer))
-
-
-NO_PEER = [  # (header, form), by name
-    pytest.param("by mx.trap.example (Postfix, from userid 0) id 1", "local", id="Postfix local submission"),
-    pytest.param("(from root@localhost) by host.example (8.17.1/Submit) id X", "local", id="Sendmail submit"),
-    pytest.param("(qmail 1234 invoked from network)", "local", id="qmail note"),
-    pytest.param("by 2002:a05:6102:3b0b:b0:45a::5678 with SMTP id x12csp345", "local", id="Gmail by-only"),
-    pytest.param("from mail by host.example with local (Exim 4.96) id 1abc", "local", id="Exim local"),
-    pytest.param("garbage here \x00 \udcff", "unreadable", id="garbage"),
-    pytest.param("", "unreadable", id="empty"),
-]
-
-
-@pytest.mark.parametrize(("header", "form"), NO_PEER)
-def test_parse_received_without_a_peer(header: str, form: str) -> None:
-    found = traps.parse_received(header + TAIL)
-    assert (found.form, found.ip) == (form, None)
-
-
-def test_relay_skips_local_and_loopback_hops() -> None:
-    found = traps.relay(
-        received(
-            "by mx.trap.example (Postfix, from userid 0) id 1" + TAIL,
-            "from localhost (localhost [127.0.0.1]) by mx.trap.example (Postfix)" + TAIL,
-            "from mailbox (mailbox [IPv6:::1]) by mx.trap.example (Postfix)" + TAIL,
-            "from bouncer.example (bouncer.example [192.0.2.1]) by mx.trap.example (Postfix)" + TAIL,
-            "from forged.example (forged.example [203.0.113.66]) by bouncer.example" + TAIL,
-        )
-    )
-    assert isinstance(found, Relay)
-    assert (found.ip, found.hop.index, len(found.skipped)) == (ipaddress.ip_address("192.0.2.1"), 3, 3)
-    assert "loopback" in found.skipped[1]
-
-
-def test_relay_skips_trusted_forwarders() -> None:
-    msg = received(
-        "from fwd.example (fwd.example [198.51.100.1]) by mailbox.example" + TAIL,
-        "from bouncer.example (bouncer.example [192.0.2.1]) by fwd.example" + TAIL,
-    )
-    assert traps.relay(msg).ip == ipaddress.ip_address("198.51.100.1")
-    found = traps.relay(msg, trusted=[ipaddress.ip_network("198.51.100.0/24")])
-    assert found.ip == ipaddress.ip_address("192.0.2.1") and "trusted" in found.skipped[0]
-
-
-def test_relay_must_be_received_by_a_trap_mx() -> None:
-    msg = received("from bouncer.example (bouncer.example [192.0.2.1]) by MX1.trap.example." + TAIL)
-    assert isinstance(traps.relay(msg, trap_mx=["mx1.trap.example", "mx2.trap.example"]), Relay)
-    assert isinstance(traps.relay(msg, trap_mx=["mx1.trap.example."]), Relay)
-    refused = traps.relay(msg, trap_mx=["mx2.trap.example"])
-    assert isinstance(refused, NoRelay) and "not a trap MX" in refused.reason
-
-
-def test_relay_never_reads_below_the_first_untrusted_hop() -> None:
-    """A hop from an untrusted host other than the trap MX ends the walk: the headers below are the
-    sender's, even when one of them claims the trap MX."""
-    msg = received(
-        "from filter.example (filter.example [198.51.100.5]) by mailbox.example" + TAIL,
-        "from victim.example (victim.example [192.0.2.77]) by mx.trap.example" + TAIL,
-    )
-    found = traps.relay(msg, trap_mx=["mx.trap.example"])
-    assert isinstance(found, NoRelay) and "198.51.100.5" in found.reason
-
-
-def test_an_unreadable_hop_ends_the_walk() -> None:
-    msg = received(
-        "from mail.example by mx.trap.example with SMTP" + TAIL,
-        "from victim.example (victim.example [192.0.2.77]) by mail.example" + TAIL,
-    )
-    found = traps.relay(msg)
-    assert isinstance(found, NoRelay) and "names no peer address" in found.reason
-
-
-def test_a_private_peer_is_not_stepped_over() -> None:
-    """A NAT or proxy in front of the MX hides the sender: the next header down is the sender's own."""
-    msg = received(
-        "from lb (unknown [172.17.0.1]) by mx.trap.example (Postfix)" + TAIL,
-        "from x (x [192.0.2.77]) by victim.example" + TAIL,
-    )
-    found = traps.relay(msg)
-    assert isinstance(found, NoRelay) and "not a public address" in found.reason
-    assert traps.relay(msg, trusted=traps.NON_PUBLIC).ip == ipaddress.ip_address("192.0.2.77")
-
-
-def test_relay_ipv6_and_mapped() -> None:
-    v6 = traps.relay(received("from a (a [IPv6:2001:db8::1]) by mx.trap.example" + TAIL))
-    mapped = traps.relay(received("from a (a [IPv6:::ffff:192.0.2.1]) by mx.trap.example" + TAIL))
-    assert v6.ip == ipaddress.IPv6Address("2001:db8::1")
-    assert mapped.ip == ipaddress.IPv4Address("192.0.2.1")
-
-
-def test_relay_without_usable_headers() -> None:
-    assert traps.relay(message("Subject: x")) == NoRelay("no Received header")
-    local = traps.relay(received(*["by mx.trap.example (Postfix, from userid 0) id 1" + TAIL] * 100))
-    assert isinstance(local, NoRelay) and len(local.skipped) == traps.MAX_RECEIVED
-    garbage = traps.relay(received("((((((", "from [999.1.1.1] by x", "\x00\xff"))
-    assert isinstance(garbage, NoRelay)
-
-
 # --- never raises ----------------------------------------------------------------------------------------
 
 FRAGMENTS = [
@@ -879,8 +569,6 @@ FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCh
 def exercise(msg: email.message.Message) -> None:
     found = traps.verdict(msg)
     assert found.kind is None or found.kind in Kind
-    for answer in (traps.relay(msg), traps.relay(msg, trusted=traps.NON_PUBLIC, trap_mx=["c"])):
-        assert isinstance(answer, Relay | NoRelay)
 
 
 @FUZZ
@@ -896,10 +584,3 @@ def test_mime_shaped_bytes_never_raise(chunks: list[bytes]) -> None:
     data = b"".join(chunks)
     exercise(email.message_from_bytes(data))
     exercise(traps.parse_message(data))
-
-
-@FUZZ
-@given(st.text(max_size=500))
-def test_any_received_text_parses(text: str) -> None:
-    hop = traps.parse_received(text)
-    assert hop.form in ("from", "local", "unreadable")
