@@ -296,4 +296,4 @@ def explain_not_removed(store: Store, zone: str, target: Target) -> None:
 
 
 # Commands in other modules register themselves on `main` when imported.
-from . import cli_admin, cli_files, cli_trap  # noqa: E402,F401
+from . import cli_admin, cli_files, cli_smtpd, cli_trap  # noqa: E402,F401
