@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import smtplib
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -195,3 +198,27 @@ def test_the_example_config_parses() -> None:
     settings, db = from_file(Path(__file__).parent.parent / "zones" / "dnsbl.toml")
     assert db and settings.ingest is not None and settings.ingest.has_sources
     assert settings.ingest.interval == 300 and settings.ingest.trap_domains == ("trap.example.org",)
+
+
+def test_serve_runs_the_smtp_trap_listener_and_answers_its_hits(tmp_path: Path, db: Path, serve) -> None:  # type: ignore[no-untyped-def]
+    cfg = config(
+        tmp_path,
+        db,
+        '[ingest.smtpd]\nlisten = ["127.0.0.1:0"]\ntrap_domains = ["trap.example.org"]\n'
+        'proxy_from = ["127.0.0.1/32"]\n',
+    )
+    server = serve("--config", str(cfg))
+    found = poll(lambda: re.search(r"trap smtpd listening on 127\.0\.0\.1:(\d+)", server.log), timeout=20)
+    assert found, server.log
+    name = "77.100.51.198." + ZONE
+    assert rcode(server.ask(name)) == "NXDOMAIN"
+    with smtplib.SMTP() as client:  # a sender-verification callout, through the load balancer
+        client.sock = socket.create_connection(("127.0.0.1", int(found.group(1))), timeout=10)
+        client.sock.sendall(b"PROXY TCP4 198.51.100.77 192.0.2.1 40000 25\r\n")
+        client.file = None
+        assert client.getreply()[0] == 220
+        client.ehlo("verifier.example")
+        assert client.mail("<>")[0] == 250
+        assert client.rcpt("nobody@trap.example.org")[0] == 250
+        client.quit()
+    assert poll(lambda: values(server.ask(name), "A") == ["127.0.0.4"], timeout=30), server.log
