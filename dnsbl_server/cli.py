@@ -79,7 +79,11 @@ def main() -> None:
     help="Address to answer on, UDP and TCP (repeatable; [::1]:5300 for IPv6).",
 )
 @click.option("--config", "config_path", metavar="FILE", help="TOML config file.")
-@click.option("--ttl", type=click.IntRange(0, 2**31 - 1), help="Answer TTL in seconds.")
+@click.option(
+    "--ttl",
+    metavar="DEF[:MIN[:MAX]]",
+    help="Answer TTL, and bounds on the TTLs data files give (rbldnsd -t; default 35m, no bounds).",
+)
 @click.option("--hide-version", is_flag=True, default=None, help="Refuse CHAOS version.bind.")
 @click.option(
     "--check-interval",
@@ -87,6 +91,21 @@ def main() -> None:
     help="How often data files are checked for changes (rbldnsd -c; default 1m; 0: only on SIGHUP).",
 )
 @click.option("--loose", is_flag=True, default=None, help="Accept CIDRs with host bits set (rbldnsd -e).")
+@click.option(
+    "--stats-file",
+    metavar="[+]FILE",
+    help="Append per-zone query counters every check interval and at exit (rbldnsd -s; +FILE: deltas).",
+)
+@click.option(
+    "--query-log",
+    metavar="[+]FILE|-",
+    help="Log one line per query (rbldnsd -l; +FILE unbuffered, - standard output); reopened on SIGHUP.",
+)
+@click.option(
+    "--auth-ns/--no-auth-ns",
+    default=None,
+    help="NS records in the authority section of positive answers (rbldnsd -A / -a). Default: no.",
+)
 @click.option("-v", "--verbose", count=True, help="Debug logging.")
 @click.argument("specs", nargs=-1, metavar="[ZONE:TYPE:FILE[,FILE...]]...")
 @guarded
@@ -95,10 +114,13 @@ def serve(
     zones: Sequence[str],
     listen: Sequence[str],
     config_path: str | None,
-    ttl: int | None,
+    ttl: str | None,
     hide_version: bool | None,
     check_interval: str | None,
     loose: bool | None,
+    stats_file: str | None,
+    query_log: str | None,
+    auth_ns: bool | None,
     verbose: int,
     specs: Sequence[str],
 ) -> None:
@@ -134,16 +156,40 @@ def serve(
     if hide_version is not None:
         overrides["hide_version"] = hide_version
     if ttl is not None:
-        defaults = replace(settings.zone_defaults, ttl=ttl)
-        overrides["zone_defaults"] = defaults
-        overrides["zone_settings"] = {n: replace(s, ttl=ttl) for n, s in settings.zone_settings.items()}
+        overrides.update(ttl_overrides(settings, ttl))
+    for key, value in (("stats_file", stats_file), ("query_log", query_log), ("auth_ns", auth_ns)):
+        if value is not None:
+            overrides[key] = value
+    final = replace(settings, **overrides)
+    check_ttls(final)
     import logging  # here, not at the top: `dnsbl check` and friends must start fast
 
     level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import asyncio
 
-    asyncio.run(run(replace(settings, **overrides)))
+    asyncio.run(run(final))
+
+
+def ttl_overrides(settings: Settings, text: str) -> dict[str, Any]:
+    """--ttl DEF[:MIN[:MAX]]: DEF is every zone's TTL; MIN and MAX bound what data files give. A part
+    left out keeps the config file's value (`--ttl ::1h` only caps)."""
+    from dataclasses import replace
+
+    from .ttl import parse_ttl
+
+    spec = parse_ttl(text)
+    out: dict[str, Any] = {"ttl_limits": spec.limits(settings.ttl_limits)}
+    if spec.default is not None:
+        out["zone_defaults"] = replace(settings.zone_defaults, ttl=spec.default)
+        out["zone_settings"] = {n: replace(s, ttl=spec.default) for n, s in settings.zone_settings.items()}
+    return out
+
+
+def check_ttls(settings: Settings) -> None:
+    """Every default TTL must lie within the --ttl bounds, as rbldnsd refuses "inconsistent" ones."""
+    defaults = {f"[zone.{n}] ttl": s.ttl for n, s in settings.zone_settings.items()}
+    settings.ttl_limits.check({"the TTL (--ttl or config ttl)": settings.zone_defaults.ttl, **defaults})
 
 
 # --- add / remove -----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, TargetError
+from .ttl import NO_LIMITS, TtlLimits, parse_ttl
 from .zone import ZoneSettings
 
 DEFAULT_LISTEN = "127.0.0.1:5300"  # loopback, unprivileged; not 5353 (mDNS)
@@ -35,6 +36,10 @@ class Settings:
     use_db: bool = True  # False: only data files were asked for (a true rbldnsd replacement)
     check_interval: float = 60.0  # how often data files are checked for changes (rbldnsd -c)
     loose: bool = False  # accept CIDRs with host bits set (rbldnsd -e)
+    ttl_limits: TtlLimits = NO_LIMITS  # bounds on the TTLs data files give (rbldnsd -t def:MIN:MAX)
+    stats_file: str | None = None  # [+]FILE: per-zone counters every check interval (rbldnsd -s)
+    query_log: str | None = None  # [+]FILE, or - for standard output: one line per query (rbldnsd -l)
+    auth_ns: bool = False  # NS in the authority section of positive answers (rbldnsd -A; -a is ours)
     zone_defaults: ZoneSettings = ZoneSettings()
     zone_settings: dict[str, ZoneSettings] = field(default_factory=dict)
 
@@ -144,6 +149,10 @@ _TOP = {
     "check_interval",
     "loose",
     "ingest",
+    "ttl",
+    "stats_file",
+    "query_log",
+    "auth_ns",
 }
 
 _INGEST_LISTS = {"maildirs", "mboxes", "jsonl", "trap_mx", "trusted"}
@@ -202,13 +211,22 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _path_or_none(data: dict[str, Any], key: str, where: str | os.PathLike[str]) -> str | None:
+    value = data.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"{where}: {key} must be a file name, not {value!r}")
+    return value
+
+
 def from_file(path: str | os.PathLike[str]) -> tuple[Settings, str | None]:
     """Settings from a config file, and the db it names (resolved later with --db/DNSBL_DB)."""
     data = load_file(path)
     unknown = set(data) - _TOP
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
-    defaults = zone_settings(ZoneSettings(), data.get("zone_defaults", {}), f"{path}: [zone_defaults]")
+    ttl = parse_ttl(data["ttl"]) if "ttl" in data else None  # DEF[:MIN[:MAX]], as --ttl
+    base = ZoneSettings() if ttl is None or ttl.default is None else ZoneSettings(ttl=ttl.default)
+    defaults = zone_settings(base, data.get("zone_defaults", {}), f"{path}: [zone_defaults]")
     per_zone = {
         zone_name(name): zone_settings(defaults, table, f"{path}: [zone.{name}]")
         for name, table in data.get("zone", {}).items()
@@ -223,6 +241,10 @@ def from_file(path: str | os.PathLike[str]) -> tuple[Settings, str | None]:
         datasets=tuple(data.get("datasets", [])),
         check_interval=float(data.get("check_interval", 60)),
         loose=bool(data.get("loose", False)),
+        ttl_limits=ttl.limits() if ttl else NO_LIMITS,
+        stats_file=_path_or_none(data, "stats_file", path),
+        query_log=_path_or_none(data, "query_log", path),
+        auth_ns=bool(data.get("auth_ns", False)),
         zone_defaults=defaults,
         zone_settings=per_zone,
         ingest=ingest_settings(data["ingest"], f"{path}: [ingest]") if "ingest" in data else None,

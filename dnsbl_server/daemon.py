@@ -22,6 +22,7 @@ from .config import DEMO_ZONE, Settings
 from .datafiles import DataFiles, compose, parse_spec
 from .errors import ConfigError
 from .loader import Loader
+from .monitor import Monitor
 from .resolver import Options
 from .server import Handler, Holder, listen
 from .store import Listing, Store
@@ -70,7 +71,8 @@ class Sources:
         self.loader = (
             Loader(self.store, list(settings.zones) or None, settings.settings_for) if self.store else None
         )
-        self.files = DataFiles([parse_spec(s) for s in settings.datasets], loose=settings.loose)
+        specs = [parse_spec(s) for s in settings.datasets]
+        self.files = DataFiles(specs, loose=settings.loose, limits=settings.ttl_limits)
         self.files.load(now)
 
     def load(self, now: float) -> Zones:
@@ -78,7 +80,7 @@ class Sources:
         return compose(sqlite, self.files, self.settings.settings_for)
 
     def refresh(self, now: float, *, files_due: bool) -> Zones | None:
-        reloaded = self.files.refresh(now) if files_due else []
+        reloaded = (self.files.refresh(now) if files_due else []) + self.files.expire(now)
         if self.store is not None:
             for name in set(reloaded) & set(self.store.zone_names()):
                 self.store.touch(name, now)  # secondaries must learn of a reloaded file
@@ -97,7 +99,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     sources = Sources(settings, time.time())
     holder = Holder(sources.load(time.time()))
     version = None if settings.hide_version else f"dnsbl-server {__version__}"
-    handler = Handler(holder, Options(version=version), settings.udp_cap)
+    handler = Handler(holder, Options(version=version, auth_ns=settings.auth_ns), settings.udp_cap)
+    monitor = Monitor.open(handler, partial(_zone_names, holder), settings.stats_file, settings.query_log)
     closers = []
     for spec in settings.listen:
         transports, shown = await listen(handler, spec)
@@ -111,17 +114,26 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload_now.set)
+    monitor.install(loop, on_hup=reload_now.set)  # SIGUSR1/2, and SIGHUP: the query log, then the files
+    monitor.mark()
+    reporter = asyncio.create_task(monitor.run(settings.check_interval))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh") as worker:
         refresher = asyncio.create_task(_follow(sources, holder, worker, settings.check_interval, reload_now))
         await stop.wait()
         refresher.cancel()
+        reporter.cancel()
         if trap is not None:
             await trap.stop()
         for closer in closers:
             closer.close()
+    monitor.stop()
     sources.close()
     log.info("stopped")
+
+
+def _zone_names(holder: Holder) -> list[str]:
+    """The served zones, read when a stats line is written (zones come and go with the database)."""
+    return [zone.name for zone in holder.zones]
 
 
 async def _start_trap(settings: Settings) -> Trap | None:

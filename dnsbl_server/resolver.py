@@ -4,9 +4,12 @@ No sockets, clocks, loggers or dnslib objects: the wire module turns bytes into 
 `Answer` back into bytes. DNS outcomes are values (rcodes), never exceptions.
 
 Decisions, in order (RFC 1035, 2308, 5782):
+0. a client the global acl ignores: no reply at all (`acl` owns the acl rules).
 1. opcode other than QUERY: NOTIMP.
 2. class CHAOS: `version.bind`/`version.server` TXT (unless hidden), else REFUSED. Other non-IN: REFUSED.
-3. a name in no served zone: REFUSED.
+3. a name in no served zone: REFUSED. Then the acls (global and the zone's) for the client: ignore (no
+   reply), refuse (REFUSED, the apex too), empty (only SOA, NS and generic records), always listed (every
+   name the zone could list answers with the acl's A/TXT, `$` the client's address), or pass.
 4. the apex: SOA, NS (ANY gives both); other types NODATA.
 5. a full address name (4 octets, or 32 nibbles; IPv4-mapped IPv6 answers from IPv4 data):
    listed -> A / TXT / ANY (both), other types NODATA; not listed -> NXDOMAIN.
@@ -21,11 +24,13 @@ Negative answers carry the SOA in authority with TTL min(SOA TTL, minimum) (RFC 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NamedTuple
 
+from .acl import Action, Listed, Rule, decide, ignores
 from .addresses import MAPPED_BASE, V4_MAX, format_address, query_address, v4_prefix, v6_prefix
 from .index import Entry, ZoneIndex
-from .nameindex import Labels, NameData, NameSet, Part
+from .nameindex import Combined, Labels, NameData, NameSet, Part
 from .zone import Zone, Zones
 
 # RR types and classes, rcodes (RFC 1035 3.2.2-3.2.4, 4.1.1)
@@ -43,6 +48,7 @@ class Question(NamedTuple):
     qtype: int
     qclass: int = IN
     opcode: int = 0
+    client: tuple[int, int] | None = None  # (family, address) of the querying client, for the acls
 
 
 class Record(NamedTuple):
@@ -68,16 +74,20 @@ class Answer(NamedTuple):
     answer: tuple[Record, ...] = ()
     authority: tuple[Record, ...] = ()
     authoritative: bool = True
+    silent: bool = False  # send nothing at all (an acl's ignore)
 
 
 class Options(NamedTuple):
     version: str | None = None  # None hides it (`--hide-version`)
+    auth_ns: bool = False  # the zone's NS in the authority section of positive answers (rbldnsd's -A)
 
 
 DEFAULT_OPTIONS = Options()
 
 
 def resolve(question: Question, zones: Zones, now: float, options: Options = DEFAULT_OPTIONS) -> Answer:
+    if ignores(zones.acl, question.client):  # before anything, as rbldnsd: not even NOTIMP or REFUSED
+        return SILENT
     if question.opcode != 0:
         return Answer(NOTIMP, authoritative=False)
     if question.qclass == CH:
@@ -89,6 +99,23 @@ def resolve(question: Question, zones: Zones, now: float, options: Options = DEF
     if found is None:
         return Answer(REFUSED, authoritative=False)
     zone, rel = found
+    rule = decide(zones.acl, zone.acl, question.client)
+    if rule is Action.PASS:
+        answer = _in_zone(question, zone, rel, now)
+    else:
+        answer = _by_acl(question, zone, rel, rule, now)
+    return _with_auth_ns(answer, zone) if options.auth_ns else answer
+
+
+def _with_auth_ns(answer: Answer, zone: Zone) -> Answer:
+    """rbldnsd without -a: a reply with answers carries the NS set in authority (the apex NS query too)."""
+    if answer.rcode != NOERROR or not answer.answer:
+        return answer
+    ns = tuple(Record(zone.name, NS, zone.settings.ttl, n) for n in zone.settings.name_servers(zone.name))
+    return answer._replace(authority=ns)
+
+
+def _in_zone(question: Question, zone: Zone, rel: list[str], now: float) -> Answer:
     if zone.names or zone.combined:
         return _with_names(question, zone, rel, now)
     if not rel:
@@ -262,3 +289,84 @@ def _name_records(
         return False, []
     wanted = [r for r in records if qtype in (r.rtype, ANY)]
     return True, [Record(name, r.rtype, ttl if r.ttl is None else r.ttl, r.data) for r in wanted]
+
+
+# --- acls: what one client gets (man rbldnsd, "acl Dataset") ----------------------------------
+
+SILENT = Answer(NOERROR, authoritative=False, silent=True)
+PARTIAL, FULL = 1, 2  # how far an "always listed" rule reaches at a name
+
+
+def _by_acl(question: Question, zone: Zone, rel: list[str], rule: Rule, now: float) -> Answer:
+    if rule is Action.IGNORE:
+        return SILENT
+    if rule is Action.REFUSE:
+        return Answer(REFUSED, authoritative=False)
+    answer = _in_zone(question, _bare(zone), rel, now)
+    if isinstance(rule, Listed) and question.client is not None:
+        return _always(question, zone, rel, rule, answer, format_address(*question.client))
+    return answer
+
+
+def _bare(zone: Zone) -> Zone:
+    """The zone with only what an acl never hides: SOA, NS and generic records (rbldnsd's man page)."""
+
+    def generic(names: tuple[NameData, ...]) -> tuple[NameData, ...]:
+        return tuple(d for d in names if not isinstance(d, NameSet))
+
+    combined = tuple(
+        Combined({sub: Part((), generic(part.names)) for sub, part in c.subzones.items()})
+        for c in zone.combined
+    )
+    return replace(
+        zone, index=EMPTY_INDEX, test_points=False, files=(), names=generic(zone.names), combined=combined
+    )
+
+
+def _always(
+    question: Question, zone: Zone, rel: list[str], listed: Listed, answer: Answer, client: str
+) -> Answer:
+    """A name the zone could list answers the acl's A/TXT (generic records beside); a partial address
+    name above such names is NODATA, as everywhere here (rbldnsd: NXDOMAIN)."""
+    reach = _reach(zone, rel)
+    if reach == FULL:
+        ttl = zone.settings.ttl if listed.ttl is None else listed.ttl
+        out = []
+        if question.qtype in (A, ANY):
+            out.append(Record(question.name, A, ttl, format_address(4, listed.code)))
+        if question.qtype in (TXT, ANY) and listed.txt:
+            out.append(Record(question.name, TXT, ttl, expand(listed.txt, client)))
+        records = (*out, *answer.answer)
+        return Answer(NOERROR, records) if records else _negative(zone, NOERROR)
+    if reach == PARTIAL and answer.rcode == NXDOMAIN:
+        return _negative(zone, NOERROR)
+    return answer
+
+
+def _reach(zone: Zone, rel: list[str]) -> int:
+    """FULL where a dataset of the zone could list the name (an address of a family it lists, any name
+    of a dnset), PARTIAL above such addresses, else 0; combined subzones each by their own datasets."""
+    if not rel:
+        return 0
+    named = any(isinstance(d, NameSet) for d in zone.names)
+    reach = FULL if named else _address_reach(rel, {4, 6} if zone.test_points else _families(zone.files))
+    for combined in zone.combined:
+        match = combined.find(tuple(label.lower() for label in rel))
+        if match is not None and match[0]:
+            sub, part = match
+            named = any(isinstance(d, NameSet) for d in part.names)
+            reach = max(reach, FULL if named else _address_reach(rel[: len(sub)], _families(part.files)))
+    return reach
+
+
+def _families(indexes: tuple[ZoneIndex, ...]) -> set[int]:
+    # an rbldnsd IP dataset lists the family its entries have (ip4set: IPv4); a SQLite list lists both
+    return {family for index in indexes for family in (4, 6) if index.segments[family].starts}
+
+
+def _address_reach(rel: list[str], families: set[int]) -> int:
+    address = query_address(rel)
+    if address is not None:
+        return FULL if address[0] in families else 0
+    partial = (4 in families and v4_prefix(rel)) or (6 in families and v6_prefix(rel))
+    return PARTIAL if partial else 0

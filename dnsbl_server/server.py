@@ -11,11 +11,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import wire
+from .acl import client_address
 from .config import parse_listen
-from .resolver import Answer, Options, Question, resolve
+from .resolver import ANY, IN, NXDOMAIN, Answer, Options, Question, resolve
+from .statsfile import Tally
 from .zone import Zones
 
 log = logging.getLogger("dnsbl.server")
@@ -31,6 +33,8 @@ class Counters:
     dropped: int = 0  # no reply: short, or a response (QR set)
     formerr: int = 0
     errors: int = 0  # unexpected exceptions, answered SERVFAIL
+    zones: dict[str, Tally] = field(default_factory=dict)  # per zone, as rbldnsd counts (`statsfile`)
+    other: Tally = field(default_factory=Tally)  # queries in no zone, and packets without a question
 
 
 class Holder:
@@ -53,13 +57,17 @@ class Handler:
         self.udp_cap = udp_cap
         self.clock = clock
         self.counters = Counters()
+        self.question: Question | None = None  # the current query's, once parsed: its zone is counted
+        self.on_reply: Callable[[tuple[int, int] | None, bytes, bytes], None] | None = None  # query log
 
     def _resolve(self, question: Question) -> Answer:
+        self.question = question
         return resolve(question, self.holder.zones, self.clock(), self.options)
 
-    def __call__(self, data: bytes, udp: bool) -> bytes | None:
+    def __call__(self, data: bytes, udp: bool, client: tuple[int, int] | None = None) -> bytes | None:
+        self.question = None
         try:
-            reply = wire.respond(data, self._resolve, udp=udp, udp_cap=self.udp_cap)
+            reply = wire.respond(data, self._resolve, udp=udp, udp_cap=self.udp_cap, client=client)
         except Exception:
             self.counters.errors += 1
             log.exception("error answering a %d-byte query", len(data))
@@ -68,7 +76,40 @@ class Handler:
             self.counters.dropped += 1
         elif reply[3] & 0xF == 1:
             self.counters.formerr += 1
+        self._count(len(data), reply)
+        if self.on_reply is not None and reply is not None:
+            self.on_reply(client, data, reply)
         return reply
+
+    def _count(self, size: int, reply: bytes | None) -> None:
+        """rbldnsd's per-zone counters: NOERROR is ok (NODATA too), NXDOMAIN nxd, the rest err."""
+        tally = self._tally()
+        tally.bytes_in += size
+        if reply is None:
+            tally.err += 1
+            return
+        tally.bytes_out += len(reply)
+        rcode = reply[3] & 0xF
+        if rcode == 0:
+            tally.ok += 1
+        elif rcode == NXDOMAIN:
+            tally.nxd += 1
+        else:
+            tally.err += 1
+
+    def _tally(self) -> Tally:
+        """The zone's tally for an IN query to a served zone; else `other` (as rbldnsd's global stats)."""
+        question = self.question
+        if question is None or question.opcode or question.qclass not in (IN, ANY):
+            return self.counters.other
+        found = self.holder.zones.find(question.name.split(".") if question.name else [])
+        if found is None:
+            return self.counters.other
+        name = found[0].name
+        tally = self.counters.zones.get(name)
+        if tally is None:
+            tally = self.counters.zones[name] = Tally()
+        return tally
 
 
 class UdpProtocol(asyncio.DatagramProtocol):
@@ -81,7 +122,7 @@ class UdpProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.handler.counters.udp += 1
-        reply = self.handler(data, True)
+        reply = self.handler(data, True, client_address(addr))
         if reply is not None and self.transport is not None:
             self.transport.sendto(reply, addr)
 
@@ -95,9 +136,11 @@ class TcpProtocol(asyncio.Protocol):
         self.framer = wire.Framer()
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.client: tuple[int, int] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.client = client_address(transport.get_extra_info("peername"))
         self._arm()
 
     def _arm(self) -> None:
@@ -110,7 +153,7 @@ class TcpProtocol(asyncio.Protocol):
         self._arm()
         for message in self.framer.feed(data):
             self.handler.counters.tcp += 1
-            reply = self.handler(message, False)
+            reply = self.handler(message, False, self.client)
             if reply is not None and self.transport is not None:
                 self.transport.write(wire.frame(reply))
 

@@ -2,6 +2,7 @@
 
 Per-packet policy (RFC 1035, 6891, 7766), all here:
 - shorter than a header, or QR set (a response, e.g. a reply to our own NOTIFY): dropped, no answer;
+- a `silent` answer from the resolver (a client an acl ignores): no answer either;
 - opcode other than QUERY: NOTIMP (the resolver decides when the question parses);
 - a header that parses but a question that doesn't (label over 63, name over 255, compression loop or
   forward pointer, qdcount not 1, truncated), or two OPT records: FORMERR;
@@ -202,8 +203,10 @@ def respond(
     *,
     udp: bool,
     udp_cap: int = UDP_CAP,
+    client: tuple[int, int] | None = None,
 ) -> bytes | None:
-    """One query in, one reply out, or None to drop it. The caller turns errors into `servfail`."""
+    """One query in, one reply out, or None to drop it (or when the resolver says to send nothing, an
+    acl's ignore). `client` is the peer as (family, address). The caller turns errors into `servfail`."""
     if len(data) < 12 or data[2] & 0x80:
         return None
     try:
@@ -213,7 +216,9 @@ def respond(
     if request.edns is not None and request.edns.version > 0:
         answer = Answer(BADVERS, authoritative=False)
     else:
-        answer = resolve(request.question)
+        answer = resolve(request.question._replace(client=client))
+    if answer.silent:
+        return None
     limit = udp_limit(request.edns, udp_cap) if udp else TCP_MAX
     return encode(request, answer, limit)
 

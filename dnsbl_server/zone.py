@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+from .acl import Acl
 from .index import ZoneIndex
 from .nameindex import Combined, NameData
 
@@ -45,6 +46,7 @@ class Zone:
     files: tuple[ZoneIndex, ...] = ()  # rbldnsd data-file datasets; their answers add up
     names: tuple[NameData, ...] = ()  # dnset and generic datasets, names relative to the zone
     combined: tuple[Combined, ...] = ()  # combined datasets: subzones with datasets of their own
+    acl: Acl | None = None  # the zone's rbldnsd acl dataset: what each client gets
 
     def with_index(self, index: ZoneIndex, serial: int) -> Zone:
         return replace(self, index=index, serial=serial)
@@ -53,10 +55,11 @@ class Zone:
 @dataclass(frozen=True, slots=True)
 class Zones:
     by_labels: dict[tuple[str, ...], Zone]
+    acl: Acl | None = None  # the global acl (spec `:acl:FILE`): every zone, and queries for none
 
     @classmethod
-    def of(cls, zones: Iterable[Zone]) -> Zones:
-        return cls({tuple(z.name.split(".")): z for z in zones})
+    def of(cls, zones: Iterable[Zone], acl: Acl | None = None) -> Zones:
+        return cls({tuple(z.name.split(".")): z for z in zones}, acl)
 
     def find(self, labels: list[str]) -> tuple[Zone, list[str]] | None:
         """The zone of the longest matching suffix, and the labels in front of it (as asked)."""

@@ -203,8 +203,9 @@ def _timestamp(args: list[str], specials: Specials) -> None:
     specials.timestamp = _stamp(args[0])
     if len(args) > 1:
         if args[1].startswith("+"):
-            base = specials.timestamp or 0.0
-            specials.expires = base + _time(args[1][1:])
+            if specials.timestamp is None:  # rbldnsd refuses a relative expiry without a date to add to
+                raise LineError("$TIMESTAMP +expiry needs a data timestamp to count from")
+            specials.expires = specials.timestamp + _time(args[1][1:])
         else:
             specials.expires = _stamp(args[1])
 
