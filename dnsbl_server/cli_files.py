@@ -246,6 +246,7 @@ def export(db: str | None, zone: str | None, fmt: str, output: str | None, confi
 @guarded
 def zone_check(loose: bool, specs: Sequence[str]) -> None:
     """Validate data files without serving them: every problem as FILE:LINE: problem; exit 1 if any."""
+    from .compact import count_entries
     from .datafiles import load_dataset, parse_spec
 
     problems: list[str] = []
@@ -253,7 +254,7 @@ def zone_check(loose: bool, specs: Sequence[str]) -> None:
     for spec in dict.fromkeys(parse_spec(s) for s in specs):
         dataset = load_dataset(spec.kind, spec.files, now, loose=loose, quiet=True)
         problems += dataset.problems
-        entries = len(list(dataset.index.entries()))
+        entries = count_entries(dataset.index)
         click.echo(
             f"{spec.zone}:{spec.kind}:{','.join(spec.files)}: {entries} entries, "
             f"{len(dataset.problems)} problem(s)"

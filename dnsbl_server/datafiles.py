@@ -22,15 +22,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from .acl import Acl, AclParsed, read_acl
-from .addresses import format_target
+from .compact import CompactIndex, Compiled, compact_of
 from .config import zone_name
 from .errors import ConfigError, DnsblError
-from .index import Entry, ZoneIndex
+from .index import ZoneIndex
 from .nameindex import Combined, NameData, Part
 from .namesets import NAME_TYPES, CombinedParsed, NamesParsed, Section, read_combined, read_names
+from .snapshot import load_ip
 from .ttl import NO_LIMITS, TtlLimits, limit_ttls
 from .zone import Zone, Zones, ZoneSettings
-from .zonefile import IP_TYPES, Parsed, Specials, rbldnsd_blocks, read_dataset
+from .zonefile import IP_TYPES, Parsed, Specials
 
 TYPES = (*IP_TYPES, *NAME_TYPES, "combined", "acl")
 
@@ -74,7 +75,7 @@ def parse_spec(text: str) -> Spec:
 class Dataset:
     kind: str
     files: tuple[str, ...]
-    index: ZoneIndex
+    index: ZoneIndex | CompactIndex  # IP datasets: compact; the others: an empty ZoneIndex
     specials: Specials
     stamp: tuple[tuple[int, float], ...]  # (size, mtime) per file: what a reload compares
     problems: tuple[str, ...]
@@ -107,10 +108,13 @@ def load_dataset(
     loose: bool = False,
     quiet: bool = False,
     limits: TtlLimits = NO_LIMITS,
+    snapshots: bool = False,
 ) -> Dataset:
+    """One dataset, read now; with `snapshots`, an IP dataset is loaded from (or cached in) a compiled
+    snapshot beside its files (`snapshot`), as the server does; `zone-check` reads the files only."""
     stamp = stamp_of(files)
     try:
-        parsed = _read(kind, files, loose)
+        parsed = _read(kind, files, loose, snapshots)
     except (OSError, EOFError, ValueError) as error:
         raise DataFileError(f"{','.join(files)}: cannot read: {error}") from None
     stamped = parsed.specials.timestamp
@@ -127,36 +131,23 @@ def load_dataset(
         return Dataset(kind, files, EMPTY, parsed.specials, stamp, problems, combined=combined)
     if isinstance(parsed, AclParsed):
         return Dataset(kind, files, EMPTY, parsed.specials, stamp, problems, acl=parsed.acl())
-    return Dataset(kind, files, ip_index(kind, parsed), parsed.specials, stamp, problems)
+    return Dataset(kind, files, parsed.index, parsed.specials, stamp, problems)
 
 
 def _read(
-    kind: str, files: tuple[str, ...], loose: bool
-) -> Parsed | NamesParsed | CombinedParsed | AclParsed:
+    kind: str, files: tuple[str, ...], loose: bool, snapshots: bool
+) -> Compiled | NamesParsed | CombinedParsed | AclParsed:
     if kind == "acl":
         return read_acl(files, loose=loose)
     if kind in NAME_TYPES:
         return read_names(kind, files)
     if kind == "combined":
         return read_combined(files, loose=loose)
-    return read_dataset(kind, files, loose=loose)
+    return load_ip(kind, files, loose=loose, cache=snapshots)  # never an object per line (`compact`)
 
 
-def ip_index(kind: str, parsed: Parsed) -> ZoneIndex:
-    return ZoneIndex.build(
-        Entry(
-            (format_target(block), f"{kind}:{item.line}"),
-            block.family,
-            block.lo,
-            block.hi,
-            block.excluded,
-            item.code,
-            item.txt or "",
-            None,
-        )
-        for item in parsed.items
-        for block in rbldnsd_blocks(item, kind)
-    )
+def ip_index(kind: str, parsed: Parsed) -> CompactIndex:
+    return compact_of(kind, parsed.items)
 
 
 def combine(sections: list[Section]) -> Combined:
@@ -232,7 +223,8 @@ class DataFiles:
         return self._zones_of(changed)
 
     def _load(self, kind: str, files: tuple[str, ...], now: float) -> Dataset:
-        return expire(load_dataset(kind, files, now, loose=self.loose, limits=self.limits), now)
+        loaded = load_dataset(kind, files, now, loose=self.loose, limits=self.limits, snapshots=True)
+        return expire(loaded, now)
 
     def expire(self, now: float) -> list[str]:
         """Empty the datasets whose `$TIMESTAMP` expiry has passed; return the zones that changed."""

@@ -286,7 +286,7 @@ class Reader:
 
     def iter(self, lines: Iterable[str], path: str) -> Iterator[Item]:
         """Items as they are read; problems go to `self.parsed.problems` as `FILE:LINE: problem`."""
-        self.scope.set_default(DEFAULT_CODE, None)  # `:A:TXT` defaults end with the file
+        self.start_file()
         bare = _BARE_QUAD.match if self.kind.startswith("ip4") else _never
         for number, raw in enumerate(lines, 1):
             quad = bare(raw)
@@ -295,13 +295,20 @@ class Reader:
                 if item is not None:
                     yield item
                     continue
-            try:
-                item = self.line(raw.rstrip("\r\n"), number)
-            except LineError as error:
-                self.parsed.problems.append(f"{path}:{number}: {error}")
-                continue
+            item = self.parse(raw, number, path)
             if item is not None:
                 yield item
+
+    def start_file(self) -> None:
+        self.scope.set_default(DEFAULT_CODE, None)  # `:A:TXT` defaults end with the file
+
+    def parse(self, raw: str, number: int, path: str) -> Item | None:
+        """One line's item, if it is an entry; a problem goes to `self.parsed.problems`."""
+        try:
+            return self.line(raw.rstrip("\r\n"), number)
+        except LineError as error:
+            self.parsed.problems.append(f"{path}:{number}: {error}")
+            return None
 
     def bare_address(self, quad: re.Match[str], number: int) -> Item | None:
         a, b, c, d = map(int, quad.groups())
