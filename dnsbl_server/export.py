@@ -16,10 +16,12 @@ Formats (README, "Export"):
 from __future__ import annotations
 
 import csv
+import heapq
 import io
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 
 from .addresses import V4_MAX, V6_MAX, cidr_prefix, format_address, format_time
 from .errors import DnsblError
@@ -40,18 +42,21 @@ class Run:
     answer: Answer
 
 
-def _breakpoints(zone: Zone, family: int) -> list[int]:
-    points: set[int] = {0}
-    for segments in (
-        zone.index.segments[family],
-        *([zone.index.overlay[family]] if zone.index.changed else []),
-    ):
-        points.update(segments.starts)
-        points.update(end + 1 for end in segments.ends)
+def _breakpoints(zone: Zone, family: int) -> Iterator[int]:
+    """Where answers may change, ascending, from 0 to just past the top (streamed: a million-entry
+    zone has two million of them)."""
+    extra = [0]
     if family == 4 and zone.test_points:
-        points.update((TEST_UNLISTED, TEST_LISTED, TEST_LISTED + 1))
+        extra += [TEST_UNLISTED, TEST_LISTED, TEST_LISTED + 1]
     top = V4_MAX if family == 4 else V6_MAX
-    return sorted(p for p in points if p <= top) + [top + 1]
+    previous = None
+    for point in heapq.merge(extra, zone.index.bounds(family)):
+        if point > top:
+            break
+        if point != previous:
+            yield point
+        previous = point
+    yield top + 1
 
 
 def _answer(listings: tuple[Entry, ...]) -> Answer:
@@ -62,7 +67,7 @@ def runs(zone: Zone, now: float, family: int) -> Iterator[Run]:
     """Non-overlapping runs of one family, adjacent runs with the same answer merged."""
     points = _breakpoints(zone, family)
     current: Run | None = None
-    for start, nxt in zip(points, points[1:], strict=False):
+    for start, nxt in pairwise(points):
         answer = _answer(listings_for(zone, family, start, now))
         if current is not None and (not answer or answer != current.answer):
             yield current

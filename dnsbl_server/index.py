@@ -6,26 +6,46 @@ Owns the matching rule (README, "Which entries answer"):
 - an exclusion at least as specific as the most specific listing wins: not listed.
 
 Shape: per family, the entries are flattened into non-overlapping segments (sorted starts, found with
-bisect), each holding the entries that cover it, smallest first. A change made since the segments were
-built lives in a small overlay (`ZoneIndex.changed`), consulted beside them, so a one-entry change does not
-rebuild the segments (the overlay has segments of its own, cheap to rebuild while it is small);
-`fold()` rebuilds the whole when the overlay grows. Time is a parameter: expired entries are
-skipped at lookup, so an entry stops answering at its expiry before anything purges it.
+bisect), each covered by one or more entries (segments.py). The base is columnar (columns.py), for a
+million entries in tens of megabytes rather than hundreds: an entry is an address pair in `array`s, an
+id into a small table of distinct (code, reason, source, excluded), and an expiry. `Entry` objects are
+made only at lookup, for the few entries covering the address; `decide` stays the one rule.
+
+A change made since the base was built lives in a small overlay (`ZoneIndex.changed`), consulted beside
+it: a changed key hides the base entry with that key (compared on the candidates of a lookup, so no map
+of a million keys is kept), and the overlay has segments of its own, cheap to rebuild while it is small.
+`fold()` merges the overlay into a new base, finding the rows it hides by parsing their keys and copying
+what it does not touch. Time is a parameter: expired entries are skipped at lookup, so an entry stops
+answering at its expiry before anything purges it.
+
+Rules: an entry's key is (canonical target text, source), unique in its zone; a key that is not the
+canonical text of its range (tests, data files) is kept beside the columns, so every entry comes back
+equal to what was put in. Building streams entries sorted by (family, lo) without holding them (the
+store sends them in that order); unsorted input is sorted first, which costs memory.
 """
 
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 from types import MappingProxyType
+from typing import NamedTuple
+
+from .addresses import Target, format_address, format_target, parse_target
+from .columns import Table
+from .errors import TargetError
+from .segments import SHARED, Attr, Builder, Hidden, Segments, fold
 
 Key = tuple[str, str]  # (canonical target, source): an entry's identity within its zone
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
+    """One listing or exclusion. A named tuple, not a frozen dataclass: lookups make one per covering
+    entry, and a tuple is made four times faster."""
+
     key: Key
     family: int
     lo: int
@@ -60,54 +80,87 @@ def decide(candidates: Iterable[Entry], now: float) -> tuple[Entry, ...]:
     return tuple(e for e in candidates if not e.excluded and e.size == best_listing and e.live(now))
 
 
-@dataclass(frozen=True, slots=True)
-class Segments:
-    """Non-overlapping [starts[i], ends[i]] with the entries covering each, smallest first."""
+def target_text(family: int, lo: int, hi: int, excluded: bool) -> str:
+    """The canonical text of a range, as the store keys it (one IPv4 address by hand: it is the
+    common case, and this runs for every entry built)."""
+    if family == 4 and lo == hi:
+        return "!" + format_address(4, lo) if excluded else format_address(4, lo)
+    return format_target(Target(family, lo, hi, excluded))
 
-    starts: list[int]
-    ends: list[int]
-    covers: list[tuple[Entry, ...]]
 
-    @classmethod
-    def build(cls, entries: Iterable[Entry]) -> Segments:
-        ordered = sorted(entries, key=lambda e: e.lo)
-        bounds = sorted({e.lo for e in ordered} | {e.hi + 1 for e in ordered})
-        starts: list[int] = []
-        ends: list[int] = []
-        covers: list[tuple[Entry, ...]] = []
-        active: list[tuple[int, int, Entry]] = []  # heap by hi
-        nxt = 0
-        for i, bound in enumerate(bounds[:-1]):
-            while nxt < len(ordered) and ordered[nxt].lo == bound:
-                heapq.heappush(active, (ordered[nxt].hi, nxt, ordered[nxt]))
-                nxt += 1
-            while active and active[0][0] < bound:
-                heapq.heappop(active)
-            if active:
-                starts.append(bound)
-                ends.append(bounds[i + 1] - 1)
-                covers.append(tuple(sorted((a[2] for a in active), key=lambda e: e.size)))
-        return cls(starts, ends, covers)
+# --- entries out of rows -----------------------------------------------------------------------
 
-    def covering(self, address: int) -> tuple[Entry, ...]:
-        i = bisect_right(self.starts, address) - 1
-        if i >= 0 and self.ends[i] >= address:
-            return self.covers[i]
+
+def _entry(segments: Segments, table: Table, row: int) -> Entry:
+    code, reason, source, excluded = segments.attrs[table.attr[row]]
+    lo, hi = table.lo[row], table.hi[row]
+    text = table.odd.get(row)
+    if text is None:
+        text = target_text(table.family, lo, hi, excluded)
+    return Entry((text, source), table.family, lo, hi, excluded, code, reason, table.expires.get(row))
+
+
+def _covering(segments: Segments, address: int) -> tuple[Entry, ...]:
+    """The entries covering an address (`Segments.refs`, without its list: this is the query path)."""
+    items = segments.items
+    i = bisect_right(items.lo, address) - 1
+    if i < 0 or items.hi[i] < address:
         return ()
+    attr = items.attr[i]
+    if not attr & SHARED:
+        return (_entry(segments, items, i),)
+    return tuple(_entry(segments, segments.shared, j) for j in segments.run(attr))
 
-    def starts_within(self, lo: int, hi: int) -> Iterator[int]:
-        """Segment starts inside [lo, hi]: answers can only change at these points."""
-        for i in range(bisect_left(self.starts, lo), len(self.starts)):
-            if self.starts[i] > hi:
-                return
-            yield self.starts[i]
 
-    def ends_within(self, lo: int, hi: int) -> Iterator[int]:
-        """Points just past a segment's end inside [lo, hi]: another index's entries may answer there."""
-        for i in range(bisect_left(self.ends, lo - 1), len(self.ends)):
-            if self.ends[i] + 1 > hi:
-                return
-            yield self.ends[i] + 1
+def _entries(segments: Segments) -> Iterator[Entry]:
+    """Every entry once, by lo (lone entries and runs never interleave in address)."""
+    lone = (_entry(segments, segments.items, i) for i in segments.lone())
+    shared = (_entry(segments, segments.shared, j) for j in range(len(segments.shared)))
+    return heapq.merge(lone, shared, key=_lo)
+
+
+def _lo(entry: Entry) -> int:
+    return entry.lo
+
+
+# --- which base rows a changed key hides (for a fold) ------------------------------------------
+
+
+def _hidden(base: Segments, changed: Mapping[Key, Entry | None], family: int) -> Hidden:
+    """Found by parsing each changed key's target and looking at the rows covering its start, so no
+    map of every key is built (the store's keys are canonical: a text that is not cannot be there)."""
+    if base.items.odd or base.shared.odd:  # keys that are not target texts (tests, data files): compare all
+        return Hidden(
+            {i for i in base.lone() if _entry(base, base.items, i).key in changed},
+            {j for j in range(len(base.shared)) if _entry(base, base.shared, j).key in changed},
+        )
+    hidden = Hidden(set(), set())
+    for text, source in changed:
+        target = _parse_key(text, family)
+        if target is None:
+            continue
+        wanted = (target.lo, target.hi, source, target.excluded)
+        for table, row in base.refs(target.lo):
+            if _identity(base, table, row) == wanted:
+                (hidden.items if table is base.items else hidden.shared).add(row)
+    return hidden
+
+
+def _identity(base: Segments, table: Table, row: int) -> tuple[int, int, str, bool]:
+    """What a key says of an entry: (lo, hi, source, excluded)."""
+    _, _, source, excluded = base.attrs[table.attr[row]]
+    return table.lo[row], table.hi[row], source, excluded
+
+
+def _parse_key(text: str, family: int) -> Target | None:
+    try:
+        target = parse_target(text)
+    except TargetError:
+        return None
+    return target if target.family == family and target_text(*target) == text else None
+
+
+# --- the zone's index -------------------------------------------------------------------------
 
 
 EMPTY_CHANGES: Mapping[Key, Entry | None] = MappingProxyType({})
@@ -125,20 +178,36 @@ class ZoneIndex:
 
     @classmethod
     def build(cls, entries: Iterable[Entry]) -> ZoneIndex:
-        by_family: dict[int, list[Entry]] = {4: [], 6: []}
-        for entry in entries:
-            by_family[entry.family].append(entry)
-        return cls({f: Segments.build(es) for f, es in by_family.items()})
+        """Stream entries into the columns; entries out of (family, lo) order are sorted first."""
+        attrs: dict[Attr, int] = {}
+        builders = {4: Builder(4), 6: Builder(6)}
+        rest = iter(entries)
+        for e in rest:
+            attr = attrs.setdefault((e.code, e.reason, e.key[1], e.excluded), len(attrs))
+            text = e.key[0]
+            odd = None if text == target_text(e.family, e.lo, e.hi, e.excluded) else text
+            if not builders[e.family].add(e.lo, e.hi, attr, e.expires, odd):
+                done = cls._finish(builders, attrs)
+                return cls.build(sorted(chain(done.entries(), [e], rest), key=_order))
+        return cls._finish(builders, attrs)
+
+    @classmethod
+    def _finish(cls, builders: dict[int, Builder], attrs: dict[Attr, int]) -> ZoneIndex:
+        table = tuple(attrs)  # a dict keeps insertion order: position is the id
+        return cls({family: builder.finish(table) for family, builder in builders.items()})
 
     def candidates(self, family: int, address: int) -> tuple[Entry, ...]:
-        base = self.segments[family].covering(address)
+        base = _covering(self.segments[family], address)
         if not self.changed:
             return base
         kept = tuple(e for e in base if e.key not in self.changed)
-        return kept + self.overlay[family].covering(address)
+        return kept + _covering(self.overlay[family], address)
 
     def lookup(self, family: int, address: int, now: float) -> tuple[Entry, ...]:
-        return decide(self.candidates(family, address), now)
+        found = self.candidates(family, address)
+        if len(found) == 1:  # most addresses of a trap list: `decide` on one entry, without its loops
+            return found if found[0].live(now) and not found[0].excluded else ()
+        return decide(found, now)
 
     def excludes(self, family: int, address: int, now: float) -> bool:
         """Does a live exclusion cover the address? (In a zone with data files too, an exclusion in
@@ -146,34 +215,58 @@ class ZoneIndex:
         return any(e.excluded and e.live(now) for e in self.candidates(family, address))
 
     def any_listed(self, family: int, lo: int, hi: int, now: float) -> bool:
-        """Is any address in [lo, hi] listed? (an empty non-terminal answers NODATA, not NXDOMAIN)"""
-        points = {lo}
-        points.update(self.segments[family].starts_within(lo, hi))
+        """Is any address in [lo, hi] listed? (an empty non-terminal answers NODATA, not NXDOMAIN)
+        Answers can only change where a segment starts, or, with an overlay, where one ends."""
+        base = self.segments[family]
+        points: Iterable[int] = chain([lo], base.starts_within(lo, hi))
         if self.changed:  # base and overlay answers combine: where either one's segment ends counts too
             overlay = self.overlay[family]
-            points.update(overlay.starts_within(lo, hi))
-            points.update(overlay.ends_within(lo, hi))
-            points.update(self.segments[family].ends_within(lo, hi))
-        return any(self.lookup(family, p, now) for p in sorted(points))
+            points = chain(
+                points, overlay.starts_within(lo, hi), overlay.ends_within(lo, hi), base.ends_within(lo, hi)
+            )
+        return any(self.lookup(family, p, now) for p in points)
+
+    def bounds(self, family: int) -> Iterator[int]:
+        """Every point where an answer may change (segment starts, and just past segment ends), of the
+        base and the overlay, ascending and once each: for flattening a zone without a set of them."""
+        layers = [self.segments[family], *([self.overlay[family]] if self.changed else [])]
+        points = heapq.merge(*(s.starts for s in layers), *((end + 1 for end in s.ends) for s in layers))
+        previous = None
+        for point in points:
+            if point != previous:
+                yield point
+            previous = point
 
     def with_changes(self, changes: Mapping[Key, Entry | None]) -> ZoneIndex:
         """A new index with `changes` applied on top (the old one is untouched)."""
         merged = dict(self.changed)
         merged.update(changes)
-        live = [e for e in merged.values() if e is not None]
-        overlay = {f: Segments.build(e for e in live if e.family == f) for f in (4, 6)}
-        return ZoneIndex(self.segments, MappingProxyType(merged), overlay)
+        live = sorted((e for e in merged.values() if e is not None), key=_order)
+        return ZoneIndex(self.segments, MappingProxyType(merged), ZoneIndex.build(live).segments)
 
     def entries(self) -> Iterator[Entry]:
-        seen: set[Key] = set()
-        for segs in self.segments.values():
-            for cover in segs.covers:
-                for e in cover:
-                    if e.key not in seen and e.key not in self.changed:
-                        seen.add(e.key)
-                        yield e
-        yield from (e for e in self.changed.values() if e is not None)
+        """Every entry once, sorted by (family, lo): what `build` streams without sorting."""
+        for family in (4, 6):
+            base = _entries(self.segments[family])
+            if not self.changed:
+                yield from base
+                continue
+            kept = (e for e in base if e.key not in self.changed)
+            yield from heapq.merge(kept, _entries(self.overlay[family]), key=_lo)
 
     def fold(self) -> ZoneIndex:
-        """Rebuild the segments with the overlay folded in (run off the serving loop)."""
-        return ZoneIndex.build(self.entries())
+        """The segments rebuilt with the overlay folded in (run off the serving loop). Base rows keep
+        their attr ids, so untouched stretches are copied as they are."""
+        if not self.changed:
+            return self
+        attrs = {attr: i for i, attr in enumerate(self.segments[4].attrs)}
+        assert self.segments[6].attrs is self.segments[4].attrs  # built together, by `build`
+        builders = {
+            family: fold(base, self.overlay[family], _hidden(base, self.changed, family), attrs)
+            for family, base in self.segments.items()
+        }
+        return ZoneIndex._finish(builders, attrs)
+
+
+def _order(entry: Entry) -> tuple[int, int]:
+    return entry.family, entry.lo

@@ -15,7 +15,7 @@ from .index import Entry, Key, ZoneIndex
 from .store import Change, Store
 from .zone import Zone, Zones, ZoneSettings
 
-FOLD_AT = 2000  # overlay entries before a zone's segments are rebuilt
+FOLD_AT = 2000  # overlay entries before they are folded into the base (copied: ~0.1 s for 1M entries)
 BATCH = 20000  # journal rows read per refresh; more than this means a bulk change: rebuild
 
 
