@@ -106,6 +106,12 @@ def main() -> None:
     default=None,
     help="NS records in the authority section of positive answers (rbldnsd -A / -a). Default: no.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Processes answering on the same sockets (default: one per usable CPU, at most 4; 1: no fork).",
+)
 @click.option("-v", "--verbose", count=True, help="Debug logging.")
 @click.argument("specs", nargs=-1, metavar="[ZONE:TYPE:FILE[,FILE...]]...")
 @guarded
@@ -121,13 +127,14 @@ def serve(
     stats_file: str | None,
     query_log: str | None,
     auth_ns: bool | None,
+    workers: int | None,
     verbose: int,
     specs: Sequence[str],
 ) -> None:
     """Answer DNSBL queries for the zones in the database and in rbldnsd data files (SPECS)."""
     from dataclasses import replace
 
-    from .daemon import serve as run
+    from .daemon import serve_forever
     from .datafiles import parse_spec
 
     settings, config_db = from_file(config_path) if config_path else (Settings(), None)
@@ -157,7 +164,12 @@ def serve(
         overrides["hide_version"] = hide_version
     if ttl is not None:
         overrides.update(ttl_overrides(settings, ttl))
-    for key, value in (("stats_file", stats_file), ("query_log", query_log), ("auth_ns", auth_ns)):
+    for key, value in (
+        ("stats_file", stats_file),
+        ("query_log", query_log),
+        ("auth_ns", auth_ns),
+        ("workers", workers),
+    ):
         if value is not None:
             overrides[key] = value
     final = replace(settings, **overrides)
@@ -166,9 +178,7 @@ def serve(
 
     level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    import asyncio
-
-    asyncio.run(run(final))
+    sys.exit(serve_forever(final))
 
 
 def ttl_overrides(settings: Settings, text: str) -> dict[str, Any]:

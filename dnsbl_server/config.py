@@ -40,6 +40,7 @@ class Settings:
     stats_file: str | None = None  # [+]FILE: per-zone counters every check interval (rbldnsd -s)
     query_log: str | None = None  # [+]FILE, or - for standard output: one line per query (rbldnsd -l)
     auth_ns: bool = False  # NS in the authority section of positive answers (rbldnsd -A; -a is ours)
+    workers: int = 0  # serving processes sharing the sockets; 0: one per usable CPU, at most 4
     zone_defaults: ZoneSettings = ZoneSettings()
     zone_settings: dict[str, ZoneSettings] = field(default_factory=dict)
 
@@ -153,6 +154,7 @@ _TOP = {
     "stats_file",
     "query_log",
     "auth_ns",
+    "workers",
 }
 
 _INGEST_LISTS = {"maildirs", "mboxes", "jsonl", "trap_mx", "trusted"}
@@ -218,6 +220,12 @@ def _path_or_none(data: dict[str, Any], key: str, where: str | os.PathLike[str])
     return value
 
 
+def _workers(value: Any, where: str | os.PathLike[str]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where}: workers must be a number of processes (0: one per CPU), not {value!r}")
+    return value
+
+
 def from_file(path: str | os.PathLike[str]) -> tuple[Settings, str | None]:
     """Settings from a config file, and the db it names (resolved later with --db/DNSBL_DB)."""
     data = load_file(path)
@@ -245,6 +253,7 @@ def from_file(path: str | os.PathLike[str]) -> tuple[Settings, str | None]:
         stats_file=_path_or_none(data, "stats_file", path),
         query_log=_path_or_none(data, "query_log", path),
         auth_ns=bool(data.get("auth_ns", False)),
+        workers=_workers(data.get("workers", 0), path),
         zone_defaults=defaults,
         zone_settings=per_zone,
         ingest=ingest_settings(data["ingest"], f"{path}: [ingest]") if "ingest" in data else None,

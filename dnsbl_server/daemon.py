@@ -4,6 +4,12 @@ Nothing imports this module but the CLI. Start-up order: open (and migrate) the 
 zones asked for, seed the demo zone into an empty database, build the index, bind, then follow the
 change journal every REFRESH_S and the data files every check interval (and on SIGHUP) in a worker
 thread, and swap in what it builds.
+
+With several workers (`serve_forever`, the default on a machine with several CPUs) all of that up to
+the bind happens once, synchronously, in the parent, before any thread or event loop exists; then
+`workers.Supervisor` forks the workers (`_work`: the sockets, the handler, the change journal, the
+query log) and the trap process (`_run_trap`), and the parent keeps the data files, the stats file and
+the signals (`workers.py` has the rules). With one, `serve` does it all in one process.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -18,14 +25,19 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .addresses import parse_target
+from .child import Channel, WorkerLink
 from .config import DEMO_ZONE, Settings
 from .datafiles import DataFiles, compose, parse_spec
 from .errors import ConfigError
 from .loader import Loader
+from .loop import run as run_loop
 from .monitor import Monitor
+from .querylog import QueryLog
 from .resolver import Options
-from .server import Handler, Holder, listen
+from .server import Counters, Handler, Holder, attach, bind
+from .statsfile import StatsFile
 from .store import Listing, Store
+from .workers import Plan, Supervisor, default_count
 from .zone import Zones
 
 if TYPE_CHECKING:
@@ -33,6 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dnsbl.daemon")
 REFRESH_S = 0.25  # a change by another process is served within about this long
+Sockets = list[tuple[socket.socket, socket.socket]]  # (UDP, TCP) per listen address, bound by the parent
 
 # Seeded into an empty database so a first `dnsbl serve` answers something real (documentation
 # addresses only, RFC 5737 / RFC 3849).
@@ -61,6 +74,17 @@ def prepare(settings: Settings, now: float) -> Store:
     return store
 
 
+class _Loader(Loader):
+    """Counts its whole rebuilds: after one (a bulk change), the parent forks fresh workers from its own
+    rebuilt zones, which they then share, where each worker's own rebuild is private memory."""
+
+    rebuilds = 0
+
+    def load(self, now: float) -> Zones:
+        self.rebuilds += 1
+        return super().load(now)
+
+
 class Sources:
     """What the served zones are made of: the SQLite list (when there is a database) and data files.
     `refresh` runs in the worker thread and returns new zones, or None when nothing changed."""
@@ -68,8 +92,9 @@ class Sources:
     def __init__(self, settings: Settings, now: float) -> None:
         self.settings = settings
         self.store = prepare(settings, now) if settings.use_db else None
+        self.connected = self.store is not None
         self.loader = (
-            Loader(self.store, list(settings.zones) or None, settings.settings_for) if self.store else None
+            _Loader(self.store, list(settings.zones) or None, settings.settings_for) if self.store else None
         )
         specs = [parse_spec(s) for s in settings.datasets]
         self.files = DataFiles(specs, loose=settings.loose, limits=settings.ttl_limits)
@@ -80,34 +105,209 @@ class Sources:
         return compose(sqlite, self.files, self.settings.settings_for)
 
     def refresh(self, now: float, *, files_due: bool) -> Zones | None:
-        reloaded = (self.files.refresh(now) if files_due else []) + self.files.expire(now)
+        reloaded = self.refresh_files(now, due=files_due)
+        zones = self.follow(now)
+        return self.compose() if zones is None and reloaded else zones
+
+    def refresh_files(self, now: float, *, due: bool) -> list[str]:
+        """Reload changed files (when due) and empty expired ones; the zones that changed."""
+        reloaded = (self.files.refresh(now) if due else []) + self.files.expire(now)
         if self.store is not None:
             for name in set(reloaded) & set(self.store.zone_names()):
                 self.store.touch(name, now)  # secondaries must learn of a reloaded file
-        changed = self.loader.refresh(now) if self.loader else None
-        if changed is None and not reloaded:
+        return reloaded
+
+    def follow(self, now: float) -> Zones | None:
+        """The change journal: new zones, or None when the SQLite list did not change."""
+        if self.loader is None or self.loader.refresh(now) is None:
             return None
+        return self.compose()
+
+    def compose(self) -> Zones:
         sqlite = self.loader.zones if self.loader else None
         return compose(sqlite, self.files, self.settings.settings_for)
 
-    def close(self) -> None:
-        if self.store is not None:
+    def detach(self) -> None:
+        """Close the connection: none may cross a fork (SQLite's rule)."""
+        if self.store is not None and self.connected:
             self.store.close()
+            self.connected = False
+
+    def attach(self) -> None:
+        """A connection of this process's own, after `detach` (or in a forked child)."""
+        if self.store is None or self.connected:
+            return
+        self.store = Store.open(self.settings.db)
+        assert self.loader is not None
+        self.loader.store = self.store
+        self.loader.version = -1  # PRAGMA data_version is per connection: read the journal anew
+        self.connected = True
+
+    def close(self) -> None:
+        self.detach()
+
+
+def serve_forever(settings: Settings) -> int:
+    """`dnsbl serve`: one process, or a parent and its workers (`settings.workers`, 0 for one per
+    CPU). Returns the exit code; DnsblError if it cannot start."""
+    count = settings.workers or default_count()
+    if count == 1:
+        run_loop(serve(settings))
+        return 0
+    sources = Sources(settings, time.time())
+    holder = Holder(sources.load(time.time()))
+    if settings.query_log:
+        QueryLog(settings.query_log).close()  # cannot be opened: stop here, not in every worker
+    if settings.ingest is not None and settings.ingest.has_sources:
+        _check_trap(settings)
+    bound = [bind(spec) for spec in settings.listen]
+    _log_listening(bound, holder)
+    sockets = [(udp, tcp) for udp, tcp, _shown in bound]
+    return Supervisor(_plan(settings, count, sources, holder, sockets)).run()
+
+
+def _log_listening(bound: list[tuple[socket.socket, socket.socket, str]], holder: Holder) -> None:
+    """Once every address is bound, not one by one: whoever waits for the first line finds them all."""
+    for _udp, _tcp, shown in bound:
+        log.info("listening on %s (udp, tcp) for %s", shown, _zones_text(holder))
+
+
+def _plan(settings: Settings, count: int, sources: Sources, holder: Holder, sockets: Sockets) -> Plan:
+    counters = Counters()  # every worker's counts, added up
+    stats = StatsFile(settings.stats_file) if settings.stats_file else None
+    monitor = Monitor(counters, partial(_zone_names, holder), stats)
+    monitor.mark()
+    has_trap = settings.ingest is not None and settings.ingest.has_sources
+    return Plan(
+        workers=count,
+        worker=partial(_run_worker, settings, sources, holder, sockets),
+        trap=partial(_run_trap, settings) if has_trap else None,
+        refresh=partial(_refresh_parent, sources, holder),
+        before_fork=sources.detach,
+        counters=counters,
+        report=monitor.report,
+        reset=monitor.reset,
+        write_stats=monitor.write_stats,
+        stop=monitor.stop,
+        check_interval=settings.check_interval,
+    )
+
+
+def _refresh_parent(sources: Sources, holder: Holder, now: float, files_due: bool) -> bool:
+    """The parent's refresh (its thread): its data kept current for the workers it forks. True when data
+    files changed or the SQLite list was rebuilt whole, for the workers to be forked anew from it."""
+    sources.attach()
+    rebuilds = sources.loader.rebuilds if sources.loader else 0
+    reloaded = sources.refresh_files(now, due=files_due)
+    zones = sources.follow(now)
+    if reloaded:
+        holder.zones = sources.compose()
+    elif zones is not None:
+        holder.zones = zones
+    return bool(reloaded) or (sources.loader is not None and sources.loader.rebuilds > rebuilds)
+
+
+def _run_worker(
+    settings: Settings, sources: Sources, holder: Holder, sockets: Sockets, channel: Channel
+) -> int:
+    """A worker's life, in the forked child: its own connection, caught up with the journal before it
+    answers (the parent's copy may be a refresh behind), then the sockets until SIGTERM."""
+    sources.attach()
+    zones = sources.follow(time.time())
+    if zones is not None:
+        holder.zones = zones
+    run_loop(_work(settings, sources, holder, sockets, channel))
+    return 0
+
+
+async def _work(
+    settings: Settings, sources: Sources, holder: Holder, sockets: Sockets, channel: Channel
+) -> None:
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)  # before any query is counted
+    handler = _handler(settings, holder)
+    monitor = Monitor.open(handler, partial(_zone_names, holder), None, settings.query_log)
+    closers = [closer for udp, tcp in sockets for closer in await attach(handler, udp, tcp)]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh") as executor:
+        link = WorkerLink(channel, holder, handler.counters, sources.follow, executor)
+        link.on_reopen = monitor.reopen
+        link.on_flush = partial(_flush, monitor)
+        link.start()
+        waiting = [asyncio.ensure_future(event.wait()) for event in (stop, link.gone)]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        for task in waiting:
+            task.cancel()
+        for closer in closers:
+            closer.close()
+        link.close()
+    if monitor.query_log is not None:
+        monitor.query_log.close()
+    sources.close()
+
+
+def _flush(monitor: Monitor) -> None:
+    if monitor.query_log is not None:
+        monitor.query_log.flush()
+
+
+def _run_trap(settings: Settings, channel: Channel) -> int:
+    run_loop(_trap(settings, channel))
+    return 0
+
+
+async def _trap(settings: Settings, channel: Channel) -> None:
+    """The trap process: the ingester's schedule and SMTP listener, in one process only."""
+    trap = await _start_trap(settings)
+    assert trap is not None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_reader(channel.fileno(), _stop_when_gone, channel, stop)
+    channel.send({"op": "ready"})
+    await stop.wait()
+    loop.remove_reader(channel.fileno())
+    await trap.stop()
+
+
+def _stop_when_gone(channel: Channel, stop: asyncio.Event) -> None:
+    """The trap process hears nothing from the parent but the end of its channel: the parent is gone."""
+    if not channel.receive()[1]:
+        asyncio.get_running_loop().remove_reader(channel.fileno())
+        stop.set()
+
+
+def _check_trap(settings: Settings) -> None:
+    """What `_start_trap` would refuse, refused before anything starts."""
+    if not settings.use_db:
+        raise ConfigError("[ingest] needs a database to list into (--db, DNSBL_DB or the config's db)")
+    from .schedule import trap_zone
+
+    assert settings.ingest is not None
+    store = Store.open(settings.db)
+    try:
+        trap_zone(store, settings.ingest.zone, time.time())
+    finally:
+        store.close()
+
+
+def _handler(settings: Settings, holder: Holder) -> Handler:
+    version = None if settings.hide_version else f"dnsbl-server {__version__}"
+    return Handler(holder, Options(version=version, auth_ns=settings.auth_ns), settings.udp_cap)
+
+
+def _zones_text(holder: Holder) -> str:
+    return ", ".join(z.name for z in holder.zones) or "no zones"
 
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """`dnsbl serve` in this process alone (one worker), until SIGTERM/SIGINT or `stop`."""
     sources = Sources(settings, time.time())
     holder = Holder(sources.load(time.time()))
-    version = None if settings.hide_version else f"dnsbl-server {__version__}"
-    handler = Handler(holder, Options(version=version, auth_ns=settings.auth_ns), settings.udp_cap)
+    handler = _handler(settings, holder)
     monitor = Monitor.open(handler, partial(_zone_names, holder), settings.stats_file, settings.query_log)
-    closers = []
-    for spec in settings.listen:
-        transports, shown = await listen(handler, spec)
-        closers += transports
-        log.info(
-            "listening on %s (udp, tcp) for %s", shown, ", ".join(z.name for z in holder.zones) or "no zones"
-        )
+    bound = [bind(spec) for spec in settings.listen]
+    closers = [closer for udp, tcp, _shown in bound for closer in await attach(handler, udp, tcp)]
+    _log_listening(bound, holder)
     trap = await _start_trap(settings)
     stop = stop or asyncio.Event()
     reload_now = asyncio.Event()

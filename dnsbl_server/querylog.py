@@ -17,14 +17,18 @@ Rules:
 from __future__ import annotations
 
 import logging
+import os
+import select
 import struct
-import sys
-from typing import TextIO
+from collections.abc import Iterator
 
 from .errors import ConfigError
 from .wire import MalformedQuestion, read_name
 
 log = logging.getLogger("dnsbl.querylog")
+STDOUT = 1
+BUFFER = 65536  # bytes of lines held before a flush comes due anyway
+PIPE_BUF = select.PIPE_BUF  # a write this small to a pipe is atomic (POSIX)
 
 # rbldnsd's names (its dns.h): the types it knows, by number; every other type is `typeN`.
 # fmt: off
@@ -78,18 +82,24 @@ def log_line(now: float, peer: str, query: bytes, reply: bytes) -> str | None:
 
 
 class QueryLog:
-    """Where log lines go: a file (reopened on SIGHUP) or standard output."""
+    """Where log lines go: a file opened for appending (reopened on SIGHUP), or standard output.
+
+    Lines are kept here and written whole, with one `os.write` per PIPE_BUF bytes of whole lines: worker
+    processes (`dnsbl serve --workers`) share the file or the pipe, and a write that small is never
+    torn or interleaved (O_APPEND on a file, PIPE_BUF on a pipe)."""
 
     def __init__(self, spec: str) -> None:
         self.unbuffered = spec.startswith("+")
         self.path = spec[1:] if self.unbuffered else spec
         if not self.path:
             raise ConfigError("--query-log needs a file name, or - for standard output")
-        self.stream: TextIO | None = sys.stdout if self.path == "-" else self._open(strict=True)
+        self.fd: int | None = STDOUT if self.path == "-" else self._open(strict=True)
+        self.pending: list[str] = []
+        self.size = 0
 
-    def _open(self, *, strict: bool) -> TextIO | None:
+    def _open(self, *, strict: bool) -> int | None:
         try:
-            return open(self.path, "a", encoding="ascii")  # noqa: SIM115 (held open; closed in close())
+            return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as error:
             if strict:
                 raise ConfigError(f"cannot open the query log {self.path}: {error.strerror}") from None
@@ -99,27 +109,50 @@ class QueryLog:
             return None
 
     def write(self, line: str) -> None:
-        if self.stream is None:
-            return
-        self.stream.write(line)
-        if self.unbuffered:
-            self.stream.flush()
+        self.pending.append(line)
+        self.size += len(line)
+        if self.unbuffered or self.size >= BUFFER:
+            self.flush()
 
     def flush(self) -> None:
-        if self.stream is not None:
-            self.stream.flush()
+        lines, self.pending, self.size = self.pending, [], 0
+        if self.fd is None:
+            return
+        try:
+            for chunk in _whole_lines(lines, PIPE_BUF):
+                _write_all(self.fd, chunk)
+        except OSError as error:
+            log.warning("cannot write the query log %s: %s", self.path, error.strerror)
 
     def reopen(self) -> None:
         """SIGHUP: logrotate has moved the file; write to a new one under the same name."""
+        self.flush()
         if self.path == "-":
-            self.flush()
             return
         self.close()
-        self.stream = self._open(strict=False)
+        self.fd = self._open(strict=False)
 
     def close(self) -> None:
-        if self.path == "-":
-            self.flush()
-        elif self.stream is not None:
-            self.stream.close()
-            self.stream = None
+        self.flush()
+        if self.path != "-" and self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _whole_lines(lines: list[str], limit: int) -> Iterator[bytes]:
+    """The lines, joined into chunks of at most `limit` bytes (a longer line is a chunk of its own)."""
+    chunk: list[str] = []
+    size = 0
+    for line in lines:
+        if chunk and size + len(line) > limit:
+            yield "".join(chunk).encode("ascii", "replace")
+            chunk, size = [], 0
+        chunk.append(line)
+        size += len(line)
+    if chunk:
+        yield "".join(chunk).encode("ascii", "replace")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
