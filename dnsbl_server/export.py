@@ -8,8 +8,7 @@ Formats (README, "Export"):
 - `ip4set` / `ip6trie`: one family; ip6trie keeps one value per prefix, so a run with several answers,
   or data of the other family, is refused with a pointer to `combined`;
 - `combined`: `$DATASET ip4set @` for IPv4 and one `$DATASET ip6trie @` per answer layer for IPv6;
-- `bind`: what `rbldnsd -d` writes: runs cut into octet (nibble) aligned blocks, a block a wildcard
-  with `$` replaced by the block's first address, single addresses as names;
+- `bind`: the zone's records as a secondary serves them (`zonedump`, as `rbldnsd -d` writes them);
 - `csv`: the entries themselves (`target,code,reason,source,expires`), for scripts to round-trip.
 """
 
@@ -21,15 +20,16 @@ import io
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import pairwise
+from itertools import chain, pairwise
 
+from . import zonedump
 from .addresses import V4_MAX, V6_MAX, cidr_prefix, format_address, format_time
 from .errors import DnsblError
 from .imports import CSV_COLUMNS
 from .index import Entry
-from .resolver import TEST_LISTED, TEST_UNLISTED, expand, listings_for
+from .resolver import TEST_LISTED, TEST_UNLISTED, listings_for
 from .zone import Zone
-from .zonefile import cidr_blocks, octet_blocks
+from .zonefile import cidr_blocks
 
 Answer = tuple[tuple[int, str], ...]  # (code, reason) pairs, sorted
 
@@ -171,54 +171,14 @@ def write_ip6trie(zone: Zone, now: float) -> Iterator[str]:
 # --- BIND -------------------------------------------------------------------------------------
 
 
-def aligned_blocks(family: int, lo: int, hi: int) -> Iterator[tuple[int, int, int]]:
-    """(start, end, labels): blocks on octet (IPv4) or nibble (IPv6) boundaries; `labels` is how many
-    leading labels name the block (4 or 32 for a single address)."""
-    if family == 4:
-        for start, end in octet_blocks(lo, hi):
-            size = end - start + 1
-            yield start, end, 4 - (size.bit_length() - 1) // 8
-        return
-    for start, end in cidr_blocks(lo, hi, 128):
-        prefix = cidr_prefix(6, start, end)
-        assert prefix is not None
-        level = -(-prefix // 4) * 4
-        step = 1 << (128 - level)
-        for block in range(start, end + 1, step):
-            yield block, block + step - 1, level // 4
-
-
-def owner(family: int, start: int, labels: int) -> str:
-    if family == 4:
-        parts = [str((start >> (24 - 8 * i)) & 255) for i in range(labels)]
-        full = 4
-    else:
-        parts = [format((start >> (124 - 4 * i)) & 15, "x") for i in range(labels)]
-        full = 32
-    name = ".".join(reversed(parts)) if parts else "@"
-    return name if labels == full else ("*." + name if parts else "*")
-
-
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def write_bind(zone: Zone, now: float) -> Iterator[str]:
-    s = zone.settings
-    mname, rname = s.soa_names(zone.name)
+    """The zone as a secondary serves it (`zonedump`): the same records a zone transfer carries."""
     yield f"; {zone.name}: exported by dnsbl-server, serial {zone.serial}"
     yield f"$ORIGIN {zone.name}."
-    yield f"$TTL {s.ttl}"
-    yield f"@ SOA {mname}. {rname}. {zone.serial} {s.refresh} {s.retry} {s.expire} {s.minimum}"
-    yield from (f"@ NS {ns}." for ns in s.name_servers(zone.name))
-    for family in (4, 6):
-        for run in runs(zone, now, family):
-            for start, _end, labels in aligned_blocks(family, run.lo, run.hi):
-                name = owner(family, start, labels)
-                address = format_address(family, start)
-                yield from (f"{name} A {format_address(4, c)}" for c in sorted({c for c, _ in run.answer}))
-                texts = dict.fromkeys(expand(r, address) for _, r in run.answer if r)
-                yield from (f"{name} TXT {_quote(t)}" for t in texts)
+    yield f"$TTL {zone.settings.ttl}"
+    for rr in chain(zonedump.apex(zone), zonedump.records(zone, now)):  # streamed: a big zone is big
+        ttl = "" if rr.ttl == zone.settings.ttl else f" {rr.ttl}"
+        yield f"{rr.name}{ttl} {rr.rtype} {rr.rdata}"
 
 
 # --- CSV --------------------------------------------------------------------------------------
