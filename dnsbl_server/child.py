@@ -22,6 +22,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
+from . import metrics
 from .errors import DnsblError
 from .statsfile import Tally
 
@@ -161,6 +162,7 @@ class WorkerLink:
         self.built: Zones | None = None
         self.building = False
         self.sent: dict[str, list[int]] = {}  # what the parent has already been sent, per zone ("" other)
+        self.sent_metrics: dict[metrics.Key, float] = {}  # and of the metrics' counters
         self.tasks: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
@@ -235,8 +237,11 @@ class WorkerLink:
             for name, value in now.items()
             if value != self.sent.get(name)
         }
-        if not (delta or request):
+        counted = metrics.snapshot(self.counters)
+        extra = metrics.delta(counted, self.sent_metrics)
+        if not (delta or extra or request):
             return
-        message = {"op": "counts", "id": request, "tallies": delta}
+        message = {"op": "counts", "id": request, "tallies": delta, "metrics": extra}
         if self.channel.send(message):  # else the parent gets it all with the next message
             self.sent = now
+            self.sent_metrics = counted

@@ -8,6 +8,7 @@ unreadable files, I/O). A DnsblError becomes one line on stderr and exit 2; a tr
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ def fail(message: str) -> NoReturn:
 
 
 def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn our own errors into one line and exit 2."""
+    """Turn our own errors, and SQLite's reports of a failing disk or file, into one line and exit 2."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -40,6 +41,13 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except DnsblError as error:
             fail(str(error))
+        except sqlite3.Error as error:  # a read outside the store's transactions met a damaged page
+            from .dbfile import describe, is_disk_error
+
+            if not is_disk_error(error):
+                raise
+            where = kwargs.get("db") or os.environ.get("DNSBL_DB")  # the file, when we know it
+            fail(f"{where}: {describe(error)}" if where else describe(error))
 
     return wrapper
 
@@ -112,6 +120,90 @@ def main() -> None:
     metavar="N",
     help="Processes answering on the same sockets (default: one per usable CPU, at most 4; 1: no fork).",
 )
+@click.option(
+    "--allow-transfer",
+    multiple=True,
+    metavar="CIDR",
+    help="Clients that may AXFR/IXFR every zone (repeatable; default: nobody). Needs a database.",
+)
+@click.option(
+    "--notify",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Secondary to send NOTIFY to when a zone's serial moves (repeatable).",
+)
+@click.option(
+    "--tsig-key",
+    metavar="NAME:ALGORITHM:BASE64",
+    help="Transfers must be signed with this TSIG key (RFC 8945); answers are signed with it.",
+)
+@click.option(
+    "--user",
+    metavar="NAME[:GROUP]",
+    help="Run as this user once the sockets are bound (rbldnsd -u; needs root). Default: stay as started.",
+)
+@click.option("--metrics", metavar="HOST:PORT", help="Serve Prometheus metrics on http://HOST:PORT/metrics.")
+@click.option(
+    "--server-id",
+    metavar="TEXT",
+    help="Answer CHAOS hostname.bind/id.server and EDNS NSID with TEXT (default: REFUSED, no NSID).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="json: one JSON object per line (default: text).",
+)
+@click.option(
+    "--tcp-max-connections",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="TCP connections per worker; beyond it the oldest idle one is closed (default 256).",
+)
+@click.option(
+    "--tcp-max-per-client",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="TCP connections per client address (IPv6: /64) per worker; more are closed at once (default 16).",
+)
+@click.option(
+    "--tcp-idle-timeout", metavar="TIME", help="Close a TCP connection silent this long (default 30s)."
+)
+@click.option(
+    "--tcp-read-timeout",
+    metavar="TIME",
+    help="Close a TCP connection whose message is not whole within TIME (default 10s).",
+)
+@click.option(
+    "--rrl-responses-per-second",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="UDP: the same answer to one client /24 (IPv6 /56) per second, per worker (default 20).",
+)
+@click.option(
+    "--rrl-nxdomains-per-second",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="UDP: NXDOMAIN answers of one zone to one client network per second, per worker (default 1000).",
+)
+@click.option(
+    "--rrl-all-per-second",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="UDP: all answers to one client network per second, per worker (default 1000).",
+)
+@click.option(
+    "--rrl-slip",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Every Nth rate-limited answer goes out truncated, to be asked over TCP; 0: none (default 2).",
+)
+@click.option(
+    "--rrl-exempt",
+    multiple=True,
+    metavar="CIDR",
+    help="Clients never rate limited (repeatable; replaces the default, loopback).",
+)
+@click.option("--no-rrl", is_flag=True, default=False, help="No response rate limiting.")
 @click.option("-v", "--verbose", count=True, help="Debug logging.")
 @click.argument("specs", nargs=-1, metavar="[ZONE:TYPE:FILE[,FILE...]]...")
 @guarded
@@ -128,6 +220,23 @@ def serve(
     query_log: str | None,
     auth_ns: bool | None,
     workers: int | None,
+    allow_transfer: Sequence[str],
+    notify: Sequence[str],
+    tsig_key: str | None,
+    user: str | None,
+    metrics: str | None,
+    server_id: str | None,
+    log_format: str | None,
+    tcp_max_connections: int | None,
+    tcp_max_per_client: int | None,
+    tcp_idle_timeout: str | None,
+    tcp_read_timeout: str | None,
+    rrl_responses_per_second: int | None,
+    rrl_nxdomains_per_second: int | None,
+    rrl_all_per_second: int | None,
+    rrl_slip: int | None,
+    rrl_exempt: Sequence[str],
+    no_rrl: bool,
     verbose: int,
     specs: Sequence[str],
 ) -> None:
@@ -169,16 +278,99 @@ def serve(
         ("query_log", query_log),
         ("auth_ns", auth_ns),
         ("workers", workers),
+        ("metrics", metrics),
+        ("server_id", server_id),
+        ("log_format", log_format),
     ):
         if value is not None:
             overrides[key] = value
+    if allow_transfer:
+        overrides["allow_transfer"] = tuple(allow_transfer)
+    if notify:
+        overrides["notify"] = tuple(notify)
+    if tsig_key is not None:
+        overrides["tsig_key"] = tsig_key
+    if user is not None:
+        overrides["user"] = user
+    overrides["tcp"] = tcp_overrides(
+        settings, tcp_max_connections, tcp_max_per_client, tcp_idle_timeout, tcp_read_timeout
+    )
+    rrl_flags = {
+        "responses_per_second": rrl_responses_per_second,
+        "nxdomains_per_second": rrl_nxdomains_per_second,
+        "all_per_second": rrl_all_per_second,
+        "slip": rrl_slip,
+        "exempt": tuple(rrl_exempt) or None,
+    }
+    overrides["rrl"] = None if no_rrl else rrl_overrides(settings, rrl_flags)
     final = replace(settings, **overrides)
+    if final.user is not None:
+        from .privileges import parse_user
+
+        parse_user(final.user)  # an unknown user or group stops here, before anything starts
+    if final.export is not None and not final.use_db:
+        raise DnsblError("[export] needs a database: it writes the zones of the SQLite list")
     check_ttls(final)
+    check_transfers(final)
+    check_ops(final)
+    check_db_folder(final)
     import logging  # here, not at the top: `dnsbl check` and friends must start fast
 
-    level = logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from .logs import setup
+
+    setup(logging.DEBUG if verbose else logging.INFO, final.log_format)
     sys.exit(serve_forever(final))
+
+
+def check_db_folder(settings: Settings) -> None:
+    """A database path given must be in a folder that exists (dbfile.py: the default's is created)."""
+    from .config import default_db
+    from .dbfile import require_folder
+
+    if settings.use_db and settings.db != default_db():
+        require_folder(settings.db)
+
+
+def check_ops(settings: Settings) -> None:
+    """--metrics is HOST:PORT; --server-id fits a TXT string (and an NSID option)."""
+    from .config import parse_listen
+    from .errors import ConfigError
+
+    if settings.metrics is not None:
+        try:
+            parse_listen(settings.metrics)
+        except ConfigError as error:
+            raise ConfigError(f"--metrics: {error}") from None
+    if settings.server_id is not None and not 0 < len(settings.server_id.encode()) <= 255:
+        raise ConfigError("--server-id: must be 1 to 255 bytes (a TXT string)")
+
+
+def tcp_overrides(
+    settings: Settings,
+    max_connections: int | None,
+    max_per_client: int | None,
+    idle: str | None,
+    read: str | None,
+) -> Any:
+    """The --tcp-* options over the config file's [tcp] table."""
+    from dataclasses import replace
+
+    changes: dict[str, Any] = {"max_connections": max_connections, "max_per_client": max_per_client}
+    for key, text in (("idle_timeout", idle), ("read_timeout", read)):
+        changes[key] = None if text is None else float(parse_duration(text))
+    return replace(settings.tcp, **{key: value for key, value in changes.items() if value is not None})
+
+
+def rrl_overrides(settings: Settings, flags: dict[str, Any]) -> Any:
+    """The --rrl-* options over the config file's [rrl] table (turned on again if it was off)."""
+    from dataclasses import replace
+
+    from .rrl import RrlSettings
+
+    changes = {key: value for key, value in flags.items() if value is not None}
+    if not changes:
+        return settings.rrl
+    return replace(settings.rrl or RrlSettings(), **changes)
 
 
 def ttl_overrides(settings: Settings, text: str) -> dict[str, Any]:
@@ -194,6 +386,24 @@ def ttl_overrides(settings: Settings, text: str) -> dict[str, Any]:
         out["zone_defaults"] = replace(settings.zone_defaults, ttl=spec.default)
         out["zone_settings"] = {n: replace(s, ttl=spec.default) for n, s in settings.zone_settings.items()}
     return out
+
+
+def check_transfers(settings: Settings) -> None:
+    """--allow-transfer CIDRs and --notify targets parse, and there is a database to transfer from."""
+    from .errors import ConfigError
+    from .notify import parse_targets
+    from .xfr import parse_networks
+
+    parse_networks(settings.allow_transfer)
+    parse_targets(settings.notify)
+    if settings.tsig_key:
+        from .xfrtsig import parse_key
+
+        parse_key(settings.tsig_key)
+    if (settings.allow_transfer or settings.notify) and not settings.use_db:
+        raise ConfigError(
+            "--allow-transfer and --notify need a database: files-only zones are not transferred"
+        )
 
 
 def check_ttls(settings: Settings) -> None:
@@ -352,4 +562,4 @@ def explain_not_removed(store: Store, zone: str, target: Target) -> None:
 
 
 # Commands in other modules register themselves on `main` when imported.
-from . import cli_admin, cli_files, cli_smtpd, cli_trap  # noqa: E402,F401
+from . import cli_admin, cli_backup, cli_files, cli_health, cli_smtpd, cli_trap, cli_web  # noqa: E402,F401

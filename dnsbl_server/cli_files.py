@@ -80,7 +80,9 @@ def parsed_in_child(args: tuple[Any, ...]) -> tuple[Iterator[list[tuple[object, 
         batch = parse_input(*args)
         return staged_chunks(batch.rows), batch.problems
     receive, send = multiprocessing.Pipe(duplex=False)
-    child = multiprocessing.get_context("fork").Process(target=_produce, args=(send, args), daemon=True)
+    child = multiprocessing.get_context("fork").Process(
+        target=_produce, args=(send, args, receive), daemon=True
+    )
     child.start()
     send.close()
     problems: list[str] = []
@@ -105,9 +107,12 @@ def parsed_in_child(args: tuple[Any, ...]) -> tuple[Iterator[list[tuple[object, 
     return chunks(), problems
 
 
-def _produce(send: Any, args: tuple[Any, ...]) -> None:
+def _produce(send: Any, args: tuple[Any, ...], receive: Any) -> None:
     from .store import staged_chunks
 
+    # The forked copy of the read end must go: with it open, a parent killed (kill -9) would leave this
+    # process blocked on a full pipe forever; without it, its next send fails and it ends.
+    receive.close()
     try:
         batch = parse_input(*args)
         for chunk in staged_chunks(batch.rows):
@@ -115,6 +120,8 @@ def _produce(send: Any, args: tuple[Any, ...]) -> None:
         send.send(("done", batch.problems))
     except DnsblError as error:
         send.send(("error", str(error)))
+    except BrokenPipeError:
+        pass  # the importing process is gone (killed): nothing to say, nobody to say it to
     finally:
         send.close()
 

@@ -15,6 +15,7 @@ the signals (`workers.py` has the rules). With one, `serve` does it all in one p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
@@ -25,23 +26,27 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .addresses import parse_target
-from .child import Channel, WorkerLink
+from .child import FLUSH_S, Channel, WorkerLink
 from .config import DEMO_ZONE, Settings
 from .datafiles import DataFiles, compose, parse_spec
 from .errors import ConfigError
 from .loader import Loader
 from .loop import run as run_loop
+from .metrics import GAUGES, Figures
 from .monitor import Monitor
 from .querylog import QueryLog
 from .resolver import Options
+from .rrl import Limiter
 from .server import Counters, Handler, Holder, attach, bind
 from .statsfile import StatsFile
 from .store import Listing, Store
+from .tcplimits import Connections
 from .workers import Plan, Supervisor, default_count
 from .zone import Zones
 
 if TYPE_CHECKING:
     from .schedule import Trap
+    from .xfrkeeper import Keeping
 
 log = logging.getLogger("dnsbl.daemon")
 REFRESH_S = 0.25  # a change by another process is served within about this long
@@ -65,7 +70,7 @@ def seed_demo(store: Store, now: float) -> None:
 
 
 def prepare(settings: Settings, now: float) -> Store:
-    store = Store.open(settings.db)
+    store = Store.open(settings.db, check=True)  # a damaged file stops the start (dbfile.py)
     for name in settings.zones:
         if store.ensure_zone(name, now):
             log.info("created zone %s", name)
@@ -154,22 +159,59 @@ def serve_forever(settings: Settings) -> int:
     if count == 1:
         run_loop(serve(settings))
         return 0
+    bound = [bind(spec) for spec in settings.listen]  # as root (port 53), then as --user from here on
+    _become_user(settings)
     sources = Sources(settings, time.time())
     holder = Holder(sources.load(time.time()))
     if settings.query_log:
         QueryLog(settings.query_log).close()  # cannot be opened: stop here, not in every worker
     if settings.ingest is not None and settings.ingest.has_sources:
         _check_trap(settings)
-    bound = [bind(spec) for spec in settings.listen]
-    _log_listening(bound, holder)
     sockets = [(udp, tcp) for udp, tcp, _shown in bound]
-    return Supervisor(_plan(settings, count, sources, holder, sockets)).run()
+    plan = _plan(settings, count, sources, holder, sockets)
+    _parent_metrics(settings, plan, sources)
+    _log_listening(bound, holder)
+    return Supervisor(plan).run()
+
+
+def _parent_metrics(settings: Settings, plan: Plan, sources: Sources) -> None:
+    """--metrics with workers: the endpoint on the parent's selector, over the sum of every worker's
+    counts; the store's figures counted in the parent's refresh thread (its connection)."""
+    if settings.metrics is None:
+        return
+    from .metrics_http import SelectorEndpoint, open_endpoint
+
+    figures = Figures()
+    sock, scrape = open_endpoint(settings.metrics, plan.counters, figures, plan.gauges, lambda: plan.workers)
+    plan.endpoint = SelectorEndpoint(sock, scrape)
+    refresh = plan.refresh
+
+    def refresh_and_count(now: float, files_due: bool) -> bool:
+        changed = refresh(now, files_due)
+        figures.refresh(sources.store)
+        return changed
+
+    plan.refresh = refresh_and_count
+
+
+def _become_user(settings: Settings) -> None:
+    """--user: after the bind, before any file is opened or child forked (privileges.py)."""
+    if settings.user is None:
+        return
+    from .privileges import check_db, drop, parse_user
+
+    user = parse_user(settings.user)
+    drop(user)
+    log.info("running as user %s (uid %d, gid %d)", user, user.uid, user.gid)
+    if settings.use_db:
+        check_db(settings.db, user)
 
 
 def _log_listening(bound: list[tuple[socket.socket, socket.socket, str]], holder: Holder) -> None:
     """Once every address is bound, not one by one: whoever waits for the first line finds them all."""
     for _udp, _tcp, shown in bound:
-        log.info("listening on %s (udp, tcp) for %s", shown, _zones_text(holder))
+        fields = {"listen": shown, "zones": [z.name for z in holder.zones]}  # --log-format json
+        log.info("listening on %s (udp, tcp) for %s", shown, _zones_text(holder), extra=fields)
 
 
 def _plan(settings: Settings, count: int, sources: Sources, holder: Holder, sockets: Sockets) -> Plan:
@@ -178,10 +220,12 @@ def _plan(settings: Settings, count: int, sources: Sources, holder: Holder, sock
     monitor = Monitor(counters, partial(_zone_names, holder), stats)
     monitor.mark()
     has_trap = settings.ingest is not None and settings.ingest.has_sources
+    # the trap/ops process: trap, IXFR journal, NOTIFY, scheduled export
+    has_side = has_trap or _transfers_wanted(settings) or settings.export is not None
     return Plan(
         workers=count,
         worker=partial(_run_worker, settings, sources, holder, sockets),
-        trap=partial(_run_trap, settings) if has_trap else None,
+        trap=partial(_run_trap, settings, sources, holder) if has_side else None,
         refresh=partial(_refresh_parent, sources, holder),
         before_fork=sources.detach,
         counters=counters,
@@ -250,23 +294,85 @@ def _flush(monitor: Monitor) -> None:
         monitor.query_log.flush()
 
 
-def _run_trap(settings: Settings, channel: Channel) -> int:
-    run_loop(_trap(settings, channel))
+def _run_trap(settings: Settings, sources: Sources, holder: Holder, channel: Channel) -> int:
+    run_loop(_trap(settings, sources, holder, channel))
     return 0
 
 
-async def _trap(settings: Settings, channel: Channel) -> None:
-    """The trap process: the ingester's schedule and SMTP listener, in one process only."""
+async def _trap(settings: Settings, sources: Sources, holder: Holder, channel: Channel) -> None:
+    """The trap/ops process: the ingester's schedule and SMTP listener, and the IXFR journal and
+    NOTIFYs (`xfrkeeper`), the scheduled export (`exporter`): each must run in one process only."""
     trap = await _start_trap(settings)
-    assert trap is not None
+    counters = Counters()  # its NOTIFY counts, sent to the parent for the metrics
+    keeping, following = _start_keeping(settings, sources, holder, counters)
+    exporting = _start_export(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_reader(channel.fileno(), _stop_when_gone, channel, stop)
     channel.send({"op": "ready"})
+    reporting = asyncio.create_task(_report_side(channel, counters))
     await stop.wait()
+    reporting.cancel()
     loop.remove_reader(channel.fileno())
-    await trap.stop()
+    if trap is not None:
+        await trap.stop()
+    if keeping is not None and following is not None:
+        following.cancel()
+        await keeping.close()
+    await _stop_export(exporting)
+
+
+def _start_export(settings: Settings) -> asyncio.Task[None] | None:
+    """[export]: the zone files for rsync mirrors, written on their schedule (exporter.py)."""
+    if settings.export is None:
+        return None
+    from .exporter import Exporter
+
+    log.info("exporting zones to %s every %gs", settings.export.directory, settings.export.interval)
+    return asyncio.create_task(Exporter(settings).run())
+
+
+async def _stop_export(exporting: asyncio.Task[None] | None) -> None:
+    if exporting is not None:
+        exporting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await exporting  # a run under way is finished first: no temp file left behind
+
+
+def _transfers_wanted(settings: Settings) -> bool:
+    from .xfrkeeper import wanted
+
+    return wanted(settings)
+
+
+async def _report_side(channel: Channel, counters: Counters) -> None:
+    """The trap/ops process's counts (NOTIFY) and gauges (last ingest, last export) to the parent,
+    every second they change, as a worker sends its own (`metrics`)."""
+    from . import metrics
+
+    sent: dict[metrics.Key, float] = {}
+    while True:
+        await asyncio.sleep(FLUSH_S)
+        now = metrics.snapshot(counters, GAUGES)
+        extra = metrics.delta(now, sent)
+        if extra and channel.send({"op": "counts", "id": 0, "tallies": {}, "metrics": extra}):
+            sent = now
+
+
+def _start_keeping(
+    settings: Settings, sources: Sources, holder: Holder, counters: Counters
+) -> tuple[Keeping | None, asyncio.Task[None] | None]:
+    """The trap/ops process follows the change journal itself (own connection, own thread) to keep the
+    IXFR journal and send NOTIFYs, when transfers are configured."""
+    if not _transfers_wanted(settings):
+        return None, None
+    from .xfrkeeper import Keeping
+
+    sources.attach()
+    keeping = Keeping(settings, counters.transfers)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xfr")
+    return keeping, asyncio.create_task(keeping.follow(sources, holder, executor))
 
 
 def _stop_when_gone(channel: Channel, stop: asyncio.Event) -> None:
@@ -291,8 +397,15 @@ def _check_trap(settings: Settings) -> None:
 
 
 def _handler(settings: Settings, holder: Holder) -> Handler:
+    from .xfrkeeper import policy
+
     version = None if settings.hide_version else f"dnsbl-server {__version__}"
-    return Handler(holder, Options(version=version, auth_ns=settings.auth_ns), settings.udp_cap)
+    options = Options(version=version, auth_ns=settings.auth_ns, server_id=settings.server_id)
+    handler = Handler(holder, options, settings.udp_cap)
+    handler.transfers.policy = policy(settings)
+    handler.tcp = Connections(settings.tcp)
+    handler.rrl = Limiter(settings.rrl) if settings.rrl is not None else None
+    return handler
 
 
 def _zones_text(holder: Holder) -> str:
@@ -301,12 +414,15 @@ def _zones_text(holder: Holder) -> str:
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """`dnsbl serve` in this process alone (one worker), until SIGTERM/SIGINT or `stop`."""
+    bound = [bind(spec) for spec in settings.listen]  # as root (port 53), then as --user from here on
+    _become_user(settings)
     sources = Sources(settings, time.time())
     holder = Holder(sources.load(time.time()))
     handler = _handler(settings, holder)
     monitor = Monitor.open(handler, partial(_zone_names, holder), settings.stats_file, settings.query_log)
-    bound = [bind(spec) for spec in settings.listen]
     closers = [closer for udp, tcp, _shown in bound for closer in await attach(handler, udp, tcp)]
+    figures = Figures()
+    closers += await _local_metrics(settings, handler, figures)
     _log_listening(bound, holder)
     trap = await _start_trap(settings)
     stop = stop or asyncio.Event()
@@ -317,18 +433,50 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     monitor.install(loop, on_hup=reload_now.set)  # SIGUSR1/2, and SIGHUP: the query log, then the files
     monitor.mark()
     reporter = asyncio.create_task(monitor.run(settings.check_interval))
+    keeping = _keeping(settings, handler)
+    exporting = _start_export(settings)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh") as worker:
-        refresher = asyncio.create_task(_follow(sources, holder, worker, settings.check_interval, reload_now))
+        refresher = asyncio.create_task(
+            _follow(sources, holder, worker, settings.check_interval, reload_now, keeping)
+        )
+        counting = asyncio.create_task(_count_figures(figures, sources, worker)) if settings.metrics else None
         await stop.wait()
         refresher.cancel()
+        if counting is not None:
+            counting.cancel()
         reporter.cancel()
         if trap is not None:
             await trap.stop()
+        if keeping is not None:
+            await keeping.close()
+        await _stop_export(exporting)
         for closer in closers:
             closer.close()
     monitor.stop()
     sources.close()
     log.info("stopped")
+
+
+async def _local_metrics(settings: Settings, handler: Handler, figures: Figures) -> list[asyncio.Server]:
+    """--metrics in one process: the endpoint on this loop, over the handler's own counts."""
+    if settings.metrics is None:
+        return []
+    from .metrics_http import open_endpoint, serve_async
+
+    sock, scrape = open_endpoint(settings.metrics, handler.counters, figures, GAUGES, lambda: 1)
+    return [await serve_async(sock, scrape)]
+
+
+async def _count_figures(figures: Figures, sources: Sources, worker: ThreadPoolExecutor) -> None:
+    """The store's figures for the metrics, counted in the refresh thread (its connection), when due."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(1.0)
+        if figures.due():
+            try:
+                await loop.run_in_executor(worker, figures.refresh, sources.store)
+            except Exception:
+                log.exception("counting entries for the metrics failed")
 
 
 def _zone_names(holder: Holder) -> list[str]:
@@ -356,21 +504,47 @@ async def _follow(
     worker: ThreadPoolExecutor,
     check_interval: float,
     reload_now: asyncio.Event,
+    keeping: Keeping | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     next_check = loop.time() + check_interval
+    if keeping is not None:  # the journal starts from what is served now
+        await _keep(keeping, sources, holder, worker, time.time())
     while True:
         await asyncio.sleep(REFRESH_S)
         files_due = reload_now.is_set() or (check_interval > 0 and loop.time() >= next_check)
         if files_due:
             reload_now.clear()
             next_check = loop.time() + check_interval
+        now = time.time()
         try:
-            zones = await loop.run_in_executor(
-                worker, partial(sources.refresh, files_due=files_due), time.time()
-            )
+            zones = await loop.run_in_executor(worker, partial(sources.refresh, files_due=files_due), now)
         except Exception:  # keep serving the last good zones
             log.exception("refreshing failed; still serving the previous data")
             continue
         if zones is not None:
             holder.zones = zones
+            if keeping is not None:
+                await _keep(keeping, sources, holder, worker, now)
+
+
+def _keeping(settings: Settings, handler: Handler) -> Keeping | None:
+    """One process: the IXFR journal and NOTIFYs are kept here, counted on the handler's counters."""
+    if not _transfers_wanted(settings):
+        return None
+    from .xfrkeeper import Keeping
+
+    return Keeping(settings, handler.counters.transfers)
+
+
+async def _keep(
+    keeping: Keeping, sources: Sources, holder: Holder, worker: ThreadPoolExecutor, now: float
+) -> None:
+    """The journal brought up to the zones just swapped in (in the refresh thread), then NOTIFYs."""
+    seq = sources.loader.seq if sources.loader else 0
+    try:
+        moved = await asyncio.get_running_loop().run_in_executor(worker, keeping.step, holder.zones, seq, now)
+    except Exception:
+        log.exception("keeping the IXFR journal failed")
+        return
+    keeping.announce(moved)

@@ -5,15 +5,18 @@ Rules (tests/test_fastpath.py compares both paths on random questions):
 - It answers only what it fully parsed: a query (QR 0, opcode QUERY, AA and TC clear; RA, AD, CD and
   Z are read by neither path) with one question and no answer or authority records; the name 4 decimal
   octet labels (leading zeros as `addresses.octet_label`) or 32 nibble labels in front of a served
-  zone, uncompressed; class IN, any type; then nothing, or exactly one OPT (root name, version 0,
-  options well formed) and nothing after it. Anything else returns None: the general path owns every
-  error rule (drop, FORMERR, NOTIMP, BADVERS, TC, SERVFAIL), and so does an answer larger than the
-  client's UDP limit.
+  zone, uncompressed; class IN, any type but AXFR and IXFR (`xfr`'s); then nothing, or exactly one
+  OPT (root name, version 0, options well formed, no NSID) and nothing after it. Anything else returns
+  None: the general path owns every error rule (drop, FORMERR, NOTIMP, BADVERS, TC, SERVFAIL), and so
+  does an answer larger than the client's UDP limit.
 - Only zones it answers alike: no acl (the zone's or a global one), no name or combined datasets, no
   served zone below it (the general path picks the longest zone), SOA and NS names of plain labels none
   of which looks like an address label (so dnslib's compression never points into the address part).
 - The decision is the resolver's: `listings_for` gives the listings, `expand` the texts; the records
-  rule (codes sorted, each once; texts in code order, each once) is `resolver._records`'s.
+  rule (codes sorted, each once; texts in code order, each once) is `resolver._records`'s. Where one
+  id says what answers an address (`_ids`: an index's `listing_id`), the answer section is prebuilt by
+  that id from the resolver's listings the first time, and no `Entry` is made after; a text with one
+  `$` is spliced around the address (`expand` when it would be cut).
 - Names are compressed as dnslib does (`_Compressor`): answer owners point at the question, the SOA's
   names at the exact-case suffixes already written.
 - The counters are the general path's: the zone's `Tally` here; UDP/TCP counts and the query log stay
@@ -29,11 +32,29 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 from .addresses import MAPPED_BASE, V4_MAX, format_address
-from .index import Entry
-from .resolver import ANY, IN, NOERROR, NS, NXDOMAIN, SOA, TXT, A, Soa, expand, listings_for, soa_record
+from .compact import CompactIndex
+from .index import LOOK, Entry
+from .resolver import (
+    ANY,
+    IN,
+    NOERROR,
+    NS,
+    NXDOMAIN,
+    SOA,
+    TEST_LISTED,
+    TEST_UNLISTED,
+    TXT,
+    TXT_LIMIT,
+    A,
+    Soa,
+    expand,
+    listings_for,
+    soa_record,
+)
 from .statsfile import Tally
 from .wire import DEFAULT_UDP, OPT, TCP_MAX, UDP_CAP
 from .zone import Zone, Zones
@@ -49,6 +70,8 @@ _HEAD = struct.Struct("!BBHHHH")  # the reply header after the ID: flags, counts
 _RR = struct.Struct("!HHIH")  # type, class, TTL, rdlength
 _OPT_HEAD = b"\x00\x00\x29"  # root name, type OPT
 _OUR_OPT = {do: b"\x00" + _RR.pack(OPT, UDP_CAP, do << 15, 0) for do in (0, 1)}  # as wire._opt
+_NSID = b"\x00\x03"  # the EDNS option code (RFC 5001)
+_TRANSFERS = (b"\x00\xfb", b"\x00\xfc")  # IXFR, AXFR (RFC 1995, 5936)
 _ANSWER_NAME = b"\xc0\x0c"  # the question's name: dnslib points at it
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
 _NIBBLE_LENGTHS = b"\x01" * 32
@@ -90,19 +113,23 @@ class FastPath:
                 self._load(zones)
             if not self._by_suffix or data[2] > 1 or data[4:10] != _QUERY_COUNTS:
                 return None
-            edns = self._edns(data, udp)
-            if edns is None:
-                return None
-            end, opt, limit = edns
+            if data[10:12] == b"\x00\x00":  # no EDNS, the common shape: read here, a call and a tuple less
+                end, opt, limit = len(data) - 4, b"", DEFAULT_UDP if udp else TCP_MAX
+            else:
+                edns = self._edns(data, udp)
+                if edns is None:
+                    return None
+                end, opt, limit = edns
             found = self._find(data, end)
             if found is None or data[end + 2 : end + 4] != b"\x00\x01" or end - 12 > 255:
                 return None  # not ours; or not class IN; or a name over 255 octets (FORMERR)
+            if data[end : end + 2] in _TRANSFERS:
+                return None  # AXFR/IXFR: the transfer code's (`xfr`), over UDP too
             state, (family, value, start) = found
-            listings = listings_for(state.zone, family, value, self.clock())
-            reply = state.reply(data, start, end, listings, (family, value), opt, self.auth_ns)
+            reply = state.reply(data, start, end, (family, value), self.clock(), opt, self.auth_ns)
             if len(reply) > limit:
                 return None  # the general path sends it truncated (TC)
-            self._count(state.zone.name, len(data), reply)
+            self._count(state, (data[end] << 8) | data[end + 1], len(data), reply)
             return reply
         except IndexError:  # labels that run past the end: malformed, the general path's FORMERR
             return None
@@ -140,8 +167,15 @@ class FastPath:
             state = self._by_suffix.get(data[76:end].lower()) if address else None
         return None if state is None or address is None else (state, address)
 
-    def _count(self, zone: str, size: int, reply: bytes) -> None:
-        """As `Handler._count`: NOERROR (NODATA too) is ok, NXDOMAIN nxd."""
+    def _count(self, state: _ZoneFast, qtype: int, size: int, reply: bytes) -> None:
+        """As `Handler._count`: NOERROR (NODATA too) is ok, NXDOMAIN nxd; and the metrics' kinds."""
+        # metrics.kind: the fast path's rcodes fill that byte alone; types above 255 share one key (OTHER)
+        key = ((qtype if qtype < 256 else 256) << 5) | (reply[3] + 1)
+        try:
+            state.kinds[key] += 1
+        except KeyError:  # the first of its kind: no method call on the common path
+            state.kinds[key] = 1
+        zone = state.zone.name
         tally = self.counters.zones.get(zone)
         if tally is None:
             tally = self.counters.zones[zone] = Tally()
@@ -162,6 +196,7 @@ class FastPath:
         for zone in zones:
             if _eligible(zone, names):
                 state = _ZoneFast.of(zone)
+                state.kinds = self.counters.kinds.setdefault(zone.name, {})  # never reset: held here
                 self._by_suffix[state.key] = state
 
 
@@ -208,6 +243,8 @@ def _opt_with_options(data: bytes) -> int | None:
         return None
     option = at + 11
     while option + 4 <= size:
+        if data[option : option + 2] == _NSID:
+            return None  # the general path answers NSID (RFC 5001)
         option += 4 + ((data[option + 2] << 8) | data[option + 3])
     return at if option == size else None
 
@@ -257,31 +294,40 @@ class _ZoneFast:
     key: bytes  # the zone's name on the wire, as the lowercased question ends
     a_head: bytes  # an A record up to its data: a pointer to the question's name, type, class, TTL
     txt_head: bytes
-    plans: dict[tuple[object, ...], _Plan] = field(default_factory=dict)
+    ids: dict[int, _Ids | None]  # per family: what answers an address, as one id (None: no such id)
+    plans: dict[tuple[object, ...], _Plan] = field(default_factory=dict)  # by the listings' values
+    id_plans: dict[tuple[object, ...], _Plan] = field(default_factory=dict)  # by (family, type, id)
     sections: dict[tuple[object, ...], tuple[bytes, int]] = field(default_factory=dict)
     negatives: dict[tuple[object, ...], tuple[bytes, bytes]] = field(default_factory=dict)
+    kinds: dict[int, int] = field(default_factory=dict)  # the zone's `Counters.kinds` entry (metrics)
 
     @classmethod
     def of(cls, zone: Zone) -> _ZoneFast:
         ttl = zone.settings.ttl
         a_head = _ANSWER_NAME + struct.pack("!HHI", A, IN, ttl)
         txt_head = _ANSWER_NAME + struct.pack("!HHI", TXT, IN, ttl)
-        return cls(zone, _wire_name(_labels(zone.name)), a_head, txt_head)
+        ids = {family: _ids(zone, family) for family in (4, 6)}
+        return cls(zone, _wire_name(_labels(zone.name)), a_head, txt_head, ids)
 
     def reply(
         self,
         data: bytes,
         start: int,
         end: int,
-        listings: tuple[Entry, ...],
         address: tuple[int, int],
+        now: float,
         opt: bytes,
         auth_ns: bool,
     ) -> bytes:
         """`data[start:end]` is the zone's name as asked; the question ends 4 bytes after it."""
-        if not listings:
+        qtype = (data[end] << 8) | data[end + 1]
+        answers = self._by_id(qtype, address, now)
+        if answers is _ASK:  # no id says what answers here: the resolver's listings, as they are
+            listings = listings_for(self.zone, *address, now)
+            answers = self._answers(qtype, listings, address) if listings else None
+        if answers is None:
             return self._negative(data, start, end, NXDOMAIN, opt)
-        body, count = self._answers((data[end] << 8) | data[end + 1], listings, address)
+        body, count = answers
         if not count:
             return self._negative(data, start, end, NOERROR, opt)  # listed, another type: NODATA
         authority, ns = b"", 0
@@ -299,6 +345,26 @@ class _ZoneFast:
             head = _HEAD.pack(0x84 | data[2], rcode, 1, 0, ns, 1 if opt else 0)
             pieces = _bounded(self.negatives)[key] = (head, authority + opt)
         return b"".join((data[:2], pieces[0], data[12 : end + 4], pieces[1]))
+
+    def _by_id(self, qtype: int, address: tuple[int, int], now: float) -> tuple[bytes, int] | object | None:
+        """The answer section by the id of what answers (`_ids`), its plan made once from the
+        resolver's listings: (b"", 0) for a name listed with another type, None when nothing is
+        listed, _ASK when no id says (`listings_for` decides, with no plan by id)."""
+        family, value = address
+        ids = self.ids[family]
+        if ids is None or (family == 4 and value in _TEST_POINTS and self.zone.test_points):
+            return _ASK
+        found = ids(value, now)
+        if found < 0:
+            return _ASK if found == LOOK else None
+        key = (family, qtype, found)
+        plan = self.id_plans.get(key)
+        if plan is None:
+            listings = listings_for(self.zone, family, value, now)
+            if not listings:  # cannot be (the id says listed); the resolver's word stands
+                return None
+            plan = _bounded(self.id_plans)[key] = _Plan.of(qtype, self.a_head, self.txt_head, listings)
+        return plan.fixed or plan.render(format_address(family, value))
 
     def _answers(
         self, qtype: int, listings: tuple[Entry, ...], address: tuple[int, int]
@@ -327,6 +393,34 @@ class _ZoneFast:
 
 
 _Builder = Callable[[Zone, "_Compressor"], tuple[bytes, int]]
+_Ids = Callable[[int, float], int]  # (address, now) -> id of what answers, -1 nothing, LOOK ask
+_ASK = object()  # `_ZoneFast._by_id`: `listings_for` decides
+_TEST_POINTS = (TEST_LISTED, TEST_UNLISTED)
+
+
+def _ids(zone: Zone, family: int) -> _Ids | None:
+    """How one id names what answers an address of `family` in this zone, so that the answer is
+    prebuilt by it and no `Entry` is made per query; None when no id can (`listings_for` then):
+    - a zone of the SQLite list alone: the index's `listing_id` (an attr id; LOOK where entries
+      overlap or a change since the last fold touches the address);
+    - a zone of data files alone (nothing in its SQLite index): the one compact dataset with addresses
+      of that family, by result id; no dataset with any: nothing is listed (test points aside: the
+      caller asks `listings_for` for those)."""
+    index = zone.index
+    if not zone.files:
+        return partial(index.listing_id, family)
+    if index.changed or any(len(index.segments[f].starts) for f in (4, 6)):
+        return None
+    holding = [d for d in zone.files if not isinstance(d, CompactIndex) or len(d.segments[family])]
+    if not holding:
+        return _nothing
+    if len(holding) == 1 and isinstance(holding[0], CompactIndex):
+        return partial(holding[0].listing_id, family)
+    return None
+
+
+def _nothing(address: int, now: float) -> int:
+    return -1
 
 
 def _bounded(cache: dict[tuple[object, ...], _T]) -> dict[tuple[object, ...], _T]:
@@ -345,6 +439,7 @@ class _Plan:
     txt_head: bytes
     texts: tuple[str, ...]  # the TXT templates, in code order
     fixed: tuple[bytes, int] | None = None  # (section, record count)
+    around: tuple[bytes, bytes] | None = None  # one text with one `$`: the bytes before and after it
 
     @classmethod
     def of(cls, qtype: int, a_head: bytes, txt_head: bytes, listings: tuple[Entry, ...]) -> _Plan:
@@ -354,11 +449,19 @@ class _Plan:
         if qtype in (TXT, ANY):
             texts = tuple(e.reason for e in sorted(listings, key=lambda e: e.code) if e.reason)
         plan = cls(a_rrs, len(codes), txt_head, texts)
+        if len(texts) == 1 and texts[0].count("$") == 1:  # the usual template: splice the address in
+            before, after = texts[0].encode().split(b"$")
+            return cls(a_rrs, len(codes), txt_head, texts, None, (before, after))
         if any("$" in text.replace("$$", "") for text in texts):
             return plan
         return cls(a_rrs, len(codes), txt_head, texts, plan.render(""))
 
     def render(self, address: str) -> tuple[bytes, int]:
+        if self.around is not None:  # as `expand` would, unless the text is cut (TXT_LIMIT)
+            text = self.around[0] + address.encode() + self.around[1]
+            if len(text) <= TXT_LIMIT:
+                rr = self.txt_head + struct.pack("!HB", len(text) + 1, len(text)) + text
+                return self.a_rrs + rr, self.a_count + 1
         texts = dict.fromkeys(expand(text, address).encode() for text in self.texts)
         txt_rrs = b"".join(self.txt_head + struct.pack("!HB", len(t) + 1, len(t)) + t for t in texts)
         return self.a_rrs + txt_rrs, self.a_count + len(texts)

@@ -29,9 +29,10 @@ class Loader:
     zones: Zones | None = None
 
     def load(self, now: float) -> Zones:
-        self.seq = self.store.last_seq()
         self.version = self.store.data_version()
-        self.zones = Zones.of(self._build(name, now) for name in self._names())
+        with self.store.reading():  # the journal position, entries and serials of one moment
+            self.seq = self.store.last_seq()
+            self.zones = Zones.of([self._build(name, now) for name in self._names()])
         return self.zones
 
     def _names(self) -> list[str]:
@@ -46,9 +47,24 @@ class Loader:
         end, so an error part-way leaves the next call to redo the same changes."""
         assert self.zones is not None, "load() first"
         version = self.store.data_version()
-        changes = self.store.changes_since(self.seq, BATCH) if version != self.version else []
-        if len(changes) >= BATCH or any(c.op == "reload" for c in changes):
+        # One read transaction: a write committed meanwhile must not lend its serial to zones that do
+        # not hold it yet (a secondary would then never be sent that change).
+        with self.store.reading():
+            changes = self.store.changes_since(self.seq, BATCH) if version != self.version else []
+            bulk = len(changes) >= BATCH or any(c.op == "reload" for c in changes)
+            updated = None if bulk else self._updated(changes, now)
+        if updated is None:
             return self.load(now)
+        current = {z.name: z for z in self.zones}
+        self.version = version
+        self.seq = changes[-1].seq if changes else self.seq
+        if all(updated[n] is current[n] for n in current):
+            return None
+        self.zones = Zones.of(updated.values())
+        return self.zones
+
+    def _updated(self, changes: list[Change], now: float) -> dict[str, Zone]:
+        assert self.zones is not None
         current = {z.name: z for z in self.zones}
         updated = dict(current)
         for name, keys in _keys_by_zone(changes).items():
@@ -58,12 +74,7 @@ class Loader:
             serial = self.store.serial(name, now)
             if serial != zone.serial:
                 updated[name] = zone.with_index(zone.index, serial)
-        self.version = version
-        self.seq = changes[-1].seq if changes else self.seq
-        if all(updated[n] is current[n] for n in current):
-            return None
-        self.zones = Zones.of(updated.values())
-        return self.zones
+        return updated
 
     def _apply(self, zone: Zone, keys: set[Key], now: float) -> Zone:
         changes: dict[Key, Entry | None] = {key: self.store.entry(zone.name, key[0], key[1]) for key in keys}

@@ -117,6 +117,48 @@ STEPS: tuple[Step, ...] = (
     ALTER TABLE zones ADD COLUMN pending_since REAL;
     CREATE INDEX hits_at ON hits (at);
     """,
+    # 7: the IXFR journal (journal.py): each serial change of a zone as the records it deleted and added
+    """
+    CREATE TABLE xfr_versions (
+        zone TEXT NOT NULL,
+        serial_from INTEGER NOT NULL,
+        serial_to INTEGER NOT NULL,
+        at REAL NOT NULL,
+        size INTEGER NOT NULL,          -- journal records of this version
+        PRIMARY KEY (zone, serial_from)
+    );
+    CREATE INDEX xfr_versions_at ON xfr_versions (zone, at);
+    CREATE TABLE xfr_journal (
+        zone TEXT NOT NULL,
+        serial_from INTEGER NOT NULL,
+        serial_to INTEGER NOT NULL,
+        seq INTEGER NOT NULL,           -- order within the version
+        op TEXT NOT NULL,               -- '-' deleted, '+' added
+        name TEXT NOT NULL,             -- owner relative to the zone, as zonedump writes it
+        rtype TEXT NOT NULL,
+        ttl INTEGER NOT NULL,
+        rdata TEXT NOT NULL,
+        PRIMARY KEY (zone, serial_from, seq)
+    ) WITHOUT ROWID;
+    """,
+    # 8: delisting requests from the web page (requests_store.py; README, "Web page")
+    """
+    CREATE TABLE delist_requests (
+        id INTEGER PRIMARY KEY,
+        created REAL NOT NULL,
+        address TEXT NOT NULL,          -- the listed address, canonical text
+        client TEXT NOT NULL,           -- the requester's own IP address, for flood limits and the record
+        email TEXT NOT NULL,
+        reason TEXT NOT NULL,           -- as typed (pages escape it)
+        zones TEXT NOT NULL,            -- the zones listing the address when asked, comma-separated
+        status TEXT NOT NULL DEFAULT 'pending',  -- pending, approved, denied (delisting.TRANSITIONS)
+        decided REAL,
+        note TEXT NOT NULL DEFAULT ''   -- the admin's words with the decision
+    );
+    CREATE INDEX delist_requests_client ON delist_requests (client, created);
+    CREATE INDEX delist_requests_created ON delist_requests (created);
+    CREATE INDEX delist_requests_address ON delist_requests (address, status);
+    """,
 )
 
 

@@ -6,7 +6,8 @@ No sockets, clocks, loggers or dnslib objects: the wire module turns bytes into 
 Decisions, in order (RFC 1035, 2308, 5782):
 0. a client the global acl ignores: no reply at all (`acl` owns the acl rules).
 1. opcode other than QUERY: NOTIMP.
-2. class CHAOS: `version.bind`/`version.server` TXT (unless hidden), else REFUSED. Other non-IN: REFUSED.
+2. class CHAOS: `version.bind`/`version.server` TXT (unless hidden), `hostname.bind`/`id.server` TXT
+   (the server id, when set: RFC 4892), else REFUSED. Other non-IN: REFUSED.
 3. a name in no served zone: REFUSED. Then the acls (global and the zone's) for the client: ignore (no
    reply), refuse (REFUSED, the apex too), empty (only SOA, NS and generic records), always listed (every
    name the zone could list answers with the acl's A/TXT, `$` the client's address), or pass.
@@ -80,6 +81,7 @@ class Answer(NamedTuple):
 class Options(NamedTuple):
     version: str | None = None  # None hides it (`--hide-version`)
     auth_ns: bool = False  # the zone's NS in the authority section of positive answers (rbldnsd's -A)
+    server_id: str | None = None  # `--server-id`: hostname.bind / id.server (and NSID, in `wire`)
 
 
 DEFAULT_OPTIONS = Options()
@@ -124,10 +126,15 @@ def _in_zone(question: Question, zone: Zone, rel: list[str], now: float) -> Answ
 
 
 def _chaos(question: Question, options: Options) -> Answer:
-    asks_version = question.name.lower() in ("version.bind", "version.server")
-    if asks_version and question.qtype in (TXT, ANY) and options.version is not None:
-        record = Record(question.name, TXT, 0, options.version, rclass=CH)
-        return Answer(NOERROR, (record,))
+    name = question.name.lower()
+    if name in ("version.bind", "version.server"):
+        text = options.version
+    elif name in ("hostname.bind", "id.server"):  # RFC 4892: which server of an anycast set answered
+        text = options.server_id
+    else:
+        text = None
+    if text is not None and question.qtype in (TXT, ANY):
+        return Answer(NOERROR, (Record(question.name, TXT, 0, text, rclass=CH),))
     return Answer(REFUSED, authoritative=False)
 
 

@@ -22,6 +22,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import metrics
 from .config import IngestSettings
 from .errors import ConfigError, DnsblError
 from .ingest import FileSources, Networks, Summary, run_sources
@@ -85,6 +86,8 @@ class Ingester:
             results = list(run_sources(store, self.zone, self.sources, self.policy, now=now or time.time()))
         for where, result in results:
             report(where, result)
+        if not any(isinstance(result, DnsblError) for _where, result in results):
+            metrics.GAUGES.last_ingest = time.time()  # the metrics' last successful ingest
         return results
 
     def housekeeping(self, now: float | None = None) -> tuple[dict[str, int], int]:

@@ -4,7 +4,9 @@ migrations.py.
 Rules:
 - WAL mode, so the server reads while the CLI and the ingester write; writers take the write lock up
   front (BEGIN IMMEDIATE) and wait for it (busy timeout), so no "database is locked" reaches a user.
-- Every write is one transaction: all of it lands or none.
+- Every write is one transaction: all of it lands or none. One that fails on the disk (full,
+  damaged, read-only) is rolled back and said in one line (dbfile.py); the server's start runs
+  PRAGMA quick_check first (`Store.open(check=True)`).
 - Every change is journalled in `changes` (the server follows it to update its index) and moves the
   zone's serial forward. The serial is never lower than it was: `serial()` also counts entries that
   expired since the last write, so an expiry moves it at its own moment, before anything purges it.
@@ -20,7 +22,7 @@ import os
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:  # kept out of start-up: `dnsbl check` must start fast
 
 from .addresses import Target, format_address, format_target
 from .allowlist import Allowed, Allowlist
+from .dbfile import explain, is_disk_error, quick_check, require_writable_folder
 from .errors import StoreError
 from .index import Entry
 from .migrations import ENCLOSING_INDEX, enclosing, migrate
@@ -126,22 +129,37 @@ class Store:
         return sqlite_utils.Database(self.conn)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> Store:
+    def open(cls, path: str | os.PathLike[str], *, create: bool = True, check: bool = False) -> Store:
+        """`check`: PRAGMA quick_check first, before anything is written (dbfile.py: the server's start)."""
         target = Path(path)
         if not create and not target.exists():
             raise StoreError(f"{target}: no such database")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
+            if create or check:  # a reader may still read where it cannot write (-wal, -shm there)
+                require_writable_folder(target)
             conn = sqlite3.connect(
                 target, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
-            store = cls(conn, str(target))
+        except (OSError, sqlite3.Error) as error:
+            raise StoreError(f"{target}: cannot open database: {error}") from None
+        try:
+            return cls._prepare(conn, target, check)
+        except BaseException:
+            conn.close()
+            raise
+
+    @classmethod
+    def _prepare(cls, conn: sqlite3.Connection, target: Path, check: bool) -> Store:
+        try:
+            if check:
+                quick_check(conn, target)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")  # durable in WAL mode across app crashes
             migrate(conn)
-        except (OSError, sqlite3.Error) as error:
-            raise StoreError(f"{target}: cannot open database: {error}") from None
-        return store
+        except sqlite3.Error as error:
+            raise StoreError(f"{target}: cannot open database: {explain(error, target)}") from None
+        return cls(conn, str(target))
 
     def close(self) -> None:
         self.conn.close()
@@ -151,17 +169,41 @@ class Store:
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as error:
-            raise StoreError(f"{self.path}: cannot start a write: {error}") from None
+            raise StoreError(f"{self.path}: cannot start a write: {self._explain(error)}") from None
         try:
             yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
+        except BaseException as error:
+            self._rollback()
+            if isinstance(error, sqlite3.Error) and is_disk_error(error):  # full, damaged: not a bug
+                raise StoreError(self._failed(error)) from None
             raise
         try:
             self.conn.execute("COMMIT")
         except sqlite3.Error as error:
-            self.conn.execute("ROLLBACK")
-            raise StoreError(f"{self.path}: write failed: {error}") from None
+            self._rollback()
+            raise StoreError(self._failed(error)) from None
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """One read transaction: every SELECT inside sees the same committed state (WAL snapshot), so a
+        zone's serial is never read from a later commit than its entries and the journal rows."""
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back already (a full disk during COMMIT can); nothing left to undo then
+        if self.conn.in_transaction:
+            with suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+
+    def _failed(self, error: sqlite3.Error) -> str:
+        return f"{self.path}: write failed, nothing of it was written: {self._explain(error)}"
+
+    def _explain(self, error: sqlite3.Error) -> str:
+        return explain(error, Path(self.path))
 
     # --- zones ------------------------------------------------------------------------------
 
@@ -317,8 +359,10 @@ class Store:
     ) -> int:
         """Write chunks of `staged_chunks` rows in one transaction: all or nothing. The zone is created
         if missing; `replace` first deletes the entries of that source and its sub-sources; `verify`
-        runs after the last row and before the commit, and raising there undoes it all. Journalled as
-        one bulk change: the server rebuilds the zone."""
+        runs after the last row and before the commit, and raising there undoes it all. A small import
+        (SMALL_IMPORT rows or fewer, no `replace`) is journalled row by row, as `add` is: the server
+        applies it to its overlay. A larger one is journalled as one bulk change: the server rebuilds
+        the zone, which for a big list takes every serving process seconds of CPU."""
         written = 0
         # Rows go to an unindexed staging table first, then into `entries` in one sorted statement:
         # index inserts in key order, in C, are several times cheaper than a million random ones.
@@ -335,14 +379,22 @@ class Store:
                     self.conn.executemany(insert, params)
                     written += len(params)
                 verify()
+                small = written <= SMALL_IMPORT
                 # Rebuilding this index after the merge (a sort) is cheaper than a million random
                 # inserts into it; its twin, the unique key, is filled in order by the merge itself.
-                self.conn.execute("DROP INDEX entries_enclosing")
+                # Not for a few rows: re-sorting a big list's index for them would cost seconds.
+                if not small:
+                    self.conn.execute("DROP INDEX entries_enclosing")
                 self.conn.execute(MERGE_STAGED, (zone, now, now))
-                self.conn.execute(ENCLOSING_INDEX)
+                if not small:
+                    self.conn.execute(ENCLOSING_INDEX)
+                per_row = small and replace is None  # a replace deleted rows no journal line names
+                if per_row:
+                    self.conn.execute(JOURNAL_STAGED, (zone, now))
             finally:
                 self.conn.execute("DROP TABLE temp.staging")
-            self._journal(zone, None, None, "reload", now)
+            if not per_row:
+                self._journal(zone, None, None, "reload", now)
             self._bump(zone, now)
         return written
 
@@ -488,6 +540,20 @@ class Store:
             "entries": sum(int(s["listings"]) + int(s["exclusions"]) for s in sources),  # type: ignore[call-overload]
             "sources": sources,
         }
+
+    def entry_counts(self, now: float) -> list[tuple[str, str, int, int]]:
+        """(zone, source, live listings, live exclusions) for every zone: the metrics' figures."""
+        rows = self.conn.execute(
+            "SELECT zone, source, sum(excluded = 0), sum(excluded) FROM entries "
+            "WHERE expires IS NULL OR expires > ? GROUP BY zone, source",
+            (now,),
+        )
+        return [(zone, source, int(listed), int(excluded)) for zone, source, listed, excluded in rows]
+
+    def hit_counts(self) -> list[tuple[str, str, int]]:
+        """(zone, kind, hits held): trap evidence not yet pruned, for the metrics."""
+        rows = self.conn.execute("SELECT zone, kind, count(*) FROM hits GROUP BY zone, kind")
+        return [(zone, kind, int(n)) for zone, kind, n in rows]
 
     # --- trap hits ---------------------------------------------------------------------------
 
@@ -642,6 +708,12 @@ UPDATE_ON_CONFLICT = (
 MERGE_STAGED = (
     f"INSERT INTO entries (zone, created, updated, {STAGED}) SELECT ?, ?, ?, {STAGED} FROM temp.staging "
     f"WHERE true ORDER BY target, source {UPDATE_ON_CONFLICT}"
+)
+# An import this small is journalled row by row ("set", as `add`); loader.BATCH (20,000) rows read at
+# once would count as a bulk change anyway.
+SMALL_IMPORT = 10_000
+JOURNAL_STAGED = (
+    "INSERT INTO changes (zone, target, source, op, at) SELECT ?, target, source, 'set', ? FROM temp.staging"
 )
 UPSERT = (
     f"INSERT INTO entries (zone, created, updated, {STAGED}) "

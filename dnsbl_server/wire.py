@@ -7,7 +7,8 @@ Per-packet policy (RFC 1035, 6891, 7766), all here:
 - a header that parses but a question that doesn't (label over 63, name over 255, compression loop or
   forward pointer, qdcount not 1, truncated), or two OPT records: FORMERR;
 - EDNS version above 0: BADVERS; a reply to an EDNS query carries our own OPT (version 0, our UDP
-  size, DO copied, the client's options not reflected);
+  size, DO copied, the client's options not reflected), with NSID (RFC 5001) when the query asks for it
+  and the server has an id;
 - a reply larger than the UDP limit (512, or the client's EDNS size capped at `udp_cap`) goes out with
   TC set and no records, so the client retries over TCP, where it comes whole;
 - an error inside the resolver: SERVFAIL (the caller logs it).
@@ -20,7 +21,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dnslib import EDNS0, RR, DNSBuffer, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+from dnslib import EDNS0, RR, DNSBuffer, DNSHeader, DNSLabel, DNSQuestion, DNSRecord, EDNSOption
 from dnslib import MX as MX_RD
 from dnslib import NS as NS_RD
 from dnslib import SOA as SOA_RD
@@ -30,6 +31,7 @@ from dnslib import A as A_RD
 from .resolver import FORMERR, MX, NOTIMP, NS, SERVFAIL, TXT, A, Answer, Question, Record, Soa
 
 OPT = 41
+NSID = 3  # the EDNS option (RFC 5001)
 BADVERS = 16
 DEFAULT_UDP = 512
 UDP_CAP = 1232  # the DNS flag day 2020 size: no IP fragmentation on common paths
@@ -46,6 +48,7 @@ class Edns:
     udp_size: int
     version: int
     do: bool
+    nsid: bool = False  # the query carries an NSID option
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +115,7 @@ def parse(data: bytes) -> Request:
     q = record.q
     name = ".".join(_label_text(label) for label in q.qname.label)
     question = Question(name, q.qtype, q.qclass, record.header.opcode)
-    return Request(record, question, _edns(record))
+    return Request(record, question, _edns(record, data, end + 4))
 
 
 def _record(data: bytes, question: DNSQuestion, offset: int) -> DNSRecord:
@@ -124,14 +127,33 @@ def _record(data: bytes, question: DNSQuestion, offset: int) -> DNSRecord:
     return DNSRecord(header, [question], rr, auth=auth, ar=ar)
 
 
-def _edns(record: DNSRecord) -> Edns | None:
+def _edns(record: DNSRecord, data: bytes, offset: int) -> Edns | None:
     opts = [rr for rr in record.ar if rr.rtype == OPT]
     if len(opts) > 1:
         raise MalformedQuestion("more than one OPT record")
     if not opts:
         return None
     ttl = opts[0].ttl
-    return Edns(udp_size=opts[0].rclass, version=(ttl >> 16) & 0xFF, do=bool(ttl & 0x8000))
+    records = len(record.rr) + len(record.auth) + len(record.ar)
+    nsid = NSID in _option_codes(data, offset, records)
+    return Edns(udp_size=opts[0].rclass, version=(ttl >> 16) & 0xFF, do=bool(ttl & 0x8000), nsid=nsid)
+
+
+def _option_codes(data: bytes, offset: int, records: int) -> list[int]:
+    """The option codes of the OPT record among the `records` RRs from `offset`, read from the bytes:
+    dnslib drops an option of no data that ends the record, and an NSID query is exactly that."""
+    codes = []
+    for _ in range(records):
+        _labels, offset = read_name(data, offset)
+        rtype, _class, _ttl, rdlength = struct.unpack_from("!HHIH", data, offset)
+        offset += 10
+        at, end = offset, offset + rdlength
+        while rtype == OPT and at + 4 <= end:
+            code, length = struct.unpack_from("!HH", data, at)
+            codes.append(code)
+            at += 4 + length
+        offset = end
+    return codes
 
 
 # --- writing ----------------------------------------------------------------------------------
@@ -165,11 +187,12 @@ def _rr(record: Record, question: Question, qname: DNSLabel) -> RR:
     return RR(name, record.rtype, record.rclass, record.ttl, _rdata(record))
 
 
-def _opt(edns: Edns, ext_rcode: int = 0) -> RR:
-    return EDNS0(udp_len=UDP_CAP, version=0, flags="do" if edns.do else "", ext_rcode=ext_rcode)
+def _opt(edns: Edns, ext_rcode: int = 0, nsid: bytes | None = None) -> RR:
+    opts = [EDNSOption(NSID, nsid)] if nsid is not None and edns.nsid else []
+    return EDNS0(udp_len=UDP_CAP, version=0, flags="do" if edns.do else "", ext_rcode=ext_rcode, opts=opts)
 
 
-def encode(request: Request, answer: Answer, limit: int) -> bytes:
+def encode(request: Request, answer: Answer, limit: int, nsid: bytes | None = None) -> bytes:
     h = request.record.header
     header = DNSHeader(id=h.id, qr=1, aa=int(answer.authoritative), rd=h.rd, rcode=answer.rcode & 0xF)
     header.opcode = h.opcode
@@ -182,7 +205,7 @@ def encode(request: Request, answer: Answer, limit: int) -> bytes:
     for record in answer.authority:
         reply.add_auth(_rr(record, request.question, qname))
     if request.edns is not None:
-        reply.add_ar(_opt(request.edns, answer.rcode >> 4))
+        reply.add_ar(_opt(request.edns, answer.rcode >> 4, nsid))
     packed = bytes(reply.pack())
     if len(packed) <= limit:
         return packed
@@ -204,9 +227,11 @@ def respond(
     udp: bool,
     udp_cap: int = UDP_CAP,
     client: tuple[int, int] | None = None,
+    nsid: bytes | None = None,
 ) -> bytes | None:
     """One query in, one reply out, or None to drop it (or when the resolver says to send nothing, an
-    acl's ignore). `client` is the peer as (family, address). The caller turns errors into `servfail`."""
+    acl's ignore). `client` is the peer as (family, address); `nsid` the server id sent to a query that
+    asks for it. The caller turns errors into `servfail`."""
     if len(data) < 12 or data[2] & 0x80:
         return None
     try:
@@ -220,7 +245,7 @@ def respond(
     if answer.silent:
         return None
     limit = udp_limit(request.edns, udp_cap) if udp else TCP_MAX
-    return encode(request, answer, limit)
+    return encode(request, answer, limit, nsid)
 
 
 def servfail(data: bytes) -> bytes | None:

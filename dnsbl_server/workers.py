@@ -21,7 +21,8 @@ Rules:
   replacement is ready. The same after a bulk change to the SQLite list, which every process rebuilds
   whole: the parent's rebuild, forked, is shared; the workers' own would stay private.
 - The query path does no IPC: workers send the deltas of their plain counters every second, when
-  asked, and when they stop; the parent adds them up for the stats file and SIGUSR1/2.
+  asked, and when they stop; the parent adds them up for the stats file and SIGUSR1/2, and for the
+  metrics (`metrics.merge`), whose HTTP endpoint it serves on its own selector, never blocking.
 - A child that dies unexpectedly is started again; MAX_FAILURES deaths in a row before the child was
   ready stop the server (exit 2). Children die with the parent (PR_SET_PDEATHSIG, and the end of
   their channel).
@@ -42,13 +43,24 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+from . import metrics
 from .child import PARENT_SIGNALS, Channel, Message, fork
 from .statsfile import Tally
 
 if TYPE_CHECKING:
     from .server import Counters
+
+
+class Endpoint(Protocol):
+    """What the supervisor serves on its selector besides its children (`metrics_http.SelectorEndpoint`):
+    callables as the keys' data, called when ready; never blocking."""
+
+    def attach(self, selector: selectors.BaseSelector) -> None: ...
+
+    def fds(self) -> list[int]: ...  # closed in every child
+
 
 log = logging.getLogger("dnsbl.workers")
 
@@ -82,6 +94,8 @@ class Plan:
     write_stats: Callable[[], None]  # every check interval
     stop: Callable[[], None]  # last stats, at exit
     check_interval: float
+    gauges: metrics.Gauges = field(default_factory=metrics.Gauges)  # set by the trap/ops process
+    endpoint: Endpoint | None = None  # the metrics' HTTP endpoint, served on the parent's selector
 
 
 @dataclass
@@ -136,6 +150,8 @@ class Supervisor:
             signal.signal(sig, _noted)
         self.selector.register(self.signals, selectors.EVENT_READ, "signals")
         self.selector.register(self.wake, selectors.EVENT_READ, "refreshed")
+        if plan.endpoint is not None:
+            plan.endpoint.attach(self.selector)
 
     def run(self) -> int:
         for slot in range(self.plan.workers):
@@ -157,6 +173,8 @@ class Supervisor:
                 self._signals()
             elif key.data == "refreshed":
                 self._refreshed()
+            elif callable(key.data):  # the metrics endpoint's sockets
+                key.data()
             else:
                 self._messages(key.data)
         self._reap()
@@ -232,7 +250,9 @@ class Supervisor:
         self.selector.register(channel.fileno(), selectors.EVENT_READ, pid)
 
     def _parent_fds(self) -> list[int]:
-        return [*self.own_fds, self.selector.fileno(), *(c.channel.fileno() for c in self.children.values())]
+        endpoint = self.plan.endpoint.fds() if self.plan.endpoint is not None else []
+        children = (c.channel.fileno() for c in self.children.values())
+        return [*self.own_fds, self.selector.fileno(), *endpoint, *children]
 
     def _messages(self, pid: int) -> None:
         child = self.children.get(pid)
@@ -403,6 +423,7 @@ class Supervisor:
                 self.plan.counters.zones[name] = self.plan.counters.zones.get(name, Tally()) + tally
             else:
                 self.plan.counters.other = self.plan.counters.other + tally
+        metrics.merge(self.plan.counters, self.plan.gauges, message.get("metrics", []))
         if self.collecting is not None and message["id"] == self.collecting.ident:
             self.collecting.waiting.discard(child.pid)
 

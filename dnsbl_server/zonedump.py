@@ -100,7 +100,13 @@ def _atom(entry: Entry, family: int, address: int) -> Atom:
 
 
 def _answer(zone: Zone, family: int, address: int, now: float) -> Answer:
-    return tuple(sorted({_atom(e, family, address) for e in listings_for(zone, family, address, now)}))
+    atoms = {_atom(e, family, address) for e in listings_for(zone, family, address, now)}
+    return tuple(sorted(atoms, key=_order))
+
+
+def _order(atom: Atom) -> tuple[int, str, str]:
+    """Atoms sorted with no exact TXT ('') first: None and a text do not compare."""
+    return atom[0], atom[1], atom[2] or ""
 
 
 def _points(zone: Zone, family: int, lo: int, hi: int) -> list[int]:

@@ -106,6 +106,7 @@ def values(message: dns.message.Message, rdtype: str) -> list[str]:
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
+    (tmp_path / "data").mkdir()  # `dnsbl serve` needs the folder of a --db to exist
     return tmp_path / "data" / "list.sqlite"
 
 

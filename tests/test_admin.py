@@ -277,7 +277,7 @@ def test_check_two_sources_both_answer(shared: Path) -> None:
 
 
 def test_check_agrees_with_the_running_server(shared: Path, db: Path, serve: Any) -> None:
-    db.parent.mkdir(parents=True)
+    db.parent.mkdir(parents=True, exist_ok=True)
     with closing(sqlite3.connect(shared)) as source, closing(sqlite3.connect(db)) as copy:
         source.backup(copy)
     addresses = [

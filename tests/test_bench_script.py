@@ -44,6 +44,10 @@ def test_a_row_of_numbers_per_server(report: subprocess.CompletedProcess[str]) -
         assert 0 <= lost <= 100, label
         assert 0 < start1 < 60 and 0 < start2 < 60, label
     assert rows["rbldnsd (data file)"][-2:] == ("1.00", "1.00")
+    cpu = re.search(r"^CPU per query .*: (.*)$", report.stdout, re.M)
+    assert cpu is not None, report.stdout
+    each = "; ".join(re.escape(label) + r" \d+\.\d µs \(\d+\.\dx\)" for label in ROWS)
+    assert re.fullmatch(each, cpu.group(1)), cpu.group(1)
 
 
 def test_churn_and_verdicts(report: subprocess.CompletedProcess[str]) -> None:

@@ -8,6 +8,7 @@ resolver), the fast path `Handler.fast`. No mocks. The end-to-end test asks a re
 from __future__ import annotations
 
 import ipaddress
+import random
 import socket
 import struct
 import time
@@ -386,6 +387,115 @@ def test_mutated_queries_answer_alike_or_are_left(
 @given(data=st.binary(max_size=120))
 def test_random_bytes_are_left(data: bytes) -> None:
     assert ask_both(data) is None
+
+
+# --- big zones: answers prebuilt by the id of what answers (`listing_id`), IPv4 by its /16 guide ----
+
+
+def big_entries(rng: random.Random) -> list[Entry]:
+    """Over GUIDE_MIN entries in a few /8s (so /16s hold many): lone addresses with a few values,
+    overlapping nets and ranges, exclusions, expiries, IPv6."""
+    values = [(2, "Listed: $"), (3, "static"), (4, ""), (5, LONG), (6, "$$ and $ and $")]
+    entries = []
+    for n in range(6000):
+        address = f"{rng.choice((10, 172, 192))}.{rng.randrange(4)}.{rng.randrange(256)}.{rng.randrange(256)}"
+        code, reason = rng.choice(values)
+        expires = rng.choice((None, None, None, NOW - 1, NOW + 1))
+        entries.append(listing(address, code, reason, source=f"s{n % 3}", expires=expires))
+    for n in range(300):
+        net = f"{rng.choice((10, 172))}.{rng.randrange(4)}.{rng.randrange(256)}.0/{rng.choice((24, 28))}"
+        entries.append(exclusion(net) if n % 4 == 0 else listing(net, 7 + n % 2, "net $", source="n"))
+    entries += [listing(f"2001:db8:{n:x}::/48", 9, "v6 $", source="v6") for n in range(50)]
+    return list({e.key: e for e in entries}.values())  # one entry a key, as the store keeps them
+
+
+def big_addresses(entries: list[Entry], rng: random.Random) -> list[str]:
+    """Some entries' edges, and random addresses in and out of the lists' /8s."""
+    some = rng.sample([e for e in entries if e.family == 4], 600)
+    points = {v for e in some for v in (e.lo - 1, e.lo, e.hi, e.hi + 1)}
+    points |= {rng.randrange(10 << 24, 11 << 24) for _ in range(500)}
+    points |= {rng.randrange(2**32) for _ in range(200)} | {0, 2**32 - 1, 0x7F000001, 0x7F000002}
+    v6 = [str(ipaddress.IPv6Address(e.lo + n)) for e in entries if e.family == 6 for n in (0, 5)]
+    return [str(ipaddress.IPv4Address(v)) for v in sorted(p for p in points if 0 <= p < 2**32)] + v6
+
+
+def big_zones(tmp_path: Path) -> tuple[Zones, list[str]]:
+    """The same entries as a SQLite-list zone (a ZoneIndex, test points on) and as rbldnsd data files
+    (compact indexes: ip4set and ip6trie), and the addresses to ask."""
+    rng = random.Random(5)
+    entries = big_entries(rng)
+    v4_file, v6_file = tmp_path / "big.ip4set", tmp_path / "big.ip6trie"
+    v4_lines = [
+        f"{'!' if e.excluded else ''}{e.key[0].lstrip('!')} :{e.code & 0xFF}:{e.reason}" for e in entries
+    ]
+    v4_file.write_text("\n".join(line for line, e in zip(v4_lines, entries, strict=True) if e.family == 4))
+    v6_file.write_text("".join(f"{e.key[0]} :{e.code & 0xFF}:{e.reason}\n" for e in entries if e.family == 6))
+    specs = [f"files.big:ip4set:{v4_file}", f"files.big:ip6trie:{v6_file}", f"two.big:ip4set:{v4_file}"]
+    specs.append(f"two.big:ip4set:{v4_file},{v4_file}")  # two IPv4 datasets: no single id
+    files = DataFiles([parse_spec(spec) for spec in specs])
+    files.load(NOW)
+    index = ZoneIndex.build(entries)
+    some = rng.sample([e for e in entries if e.family == 4], 300)
+    changes: dict[tuple[str, str], Entry | None] = {e.key: None for e in some[:100]}  # removed
+    changes |= {e.key: e._replace(code=e.code + 1, reason="changed $") for e in some[100:200]}
+    for e in some[200:]:  # added: an address next to one, a net around one, an exclusion
+        for new in (listing(str(ipaddress.IPv4Address(e.lo + 1)), 12, "new $", source="new"),):
+            changes[new.key] = new
+        net = ipaddress.IPv4Network((e.lo & ~0xFF, 24))
+        changes[(str(net), "new")] = listing(str(net), 13, "new net", source="new")
+    changes[("!" + str(ipaddress.IPv4Address(some[0].lo)), "s")] = exclusion(
+        str(ipaddress.IPv4Address(some[0].lo))
+    )
+    sqlite = Zone("sqlite.big", index)
+    churned = Zone("churned.big", index.with_changes(changes))
+    zones = compose(Zones.of([sqlite, churned]), files, lambda name: ZoneSettings())
+    return zones, big_addresses(entries + [e for e in changes.values() if e is not None], rng)
+
+
+def test_big_zones_answer_alike_by_id(tmp_path: Path) -> None:
+    zones, addresses = big_zones(tmp_path)
+    fast_handler, general = handler(zones), handler(zones)
+    fast_handler.fast.answer(GOOD, True)  # loads the zones' pieces
+    by_name = {state.zone.name: state for state in fast_handler.fast._by_suffix.values()}
+    assert {name: state.ids[4] is not None for name, state in by_name.items()} == {
+        "sqlite.big": True,
+        "churned.big": True,
+        "files.big": True,
+        "two.big": False,
+    }
+    assert zones.by_labels["files", "big"].files[0].guide is not None  # the /16 guide is on the path
+    assert zones.by_labels["sqlite", "big"].index.guide is not None
+    assert zones.by_labels["churned", "big"].index.guide is zones.by_labels["sqlite", "big"].index.guide
+    answered = 0
+    for n, address in enumerate(addresses):
+        for zone in ("sqlite.big", "churned.big", "files.big", "two.big"):
+            data = message(address_labels(address) + zone_labels(zone), (1, 16, 255, 28)[n % 4], ident=n)
+            fast = fast_handler.fast.answer(data, True)
+            if fast is not None:
+                answered += 1
+                assert fast == general(data, True), (zone, address)
+    assert answered > 3.5 * len(addresses)  # nearly all: only what the general path truncates is left
+    assert fast_handler.fast._by_suffix  # still loaded: no error made it give up
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "churned", "files"])
+def test_equal_ids_mean_equal_answers(tmp_path: Path, kind: str) -> None:
+    """`listing_id` against `lookup`, the rule: -1 exactly when nothing answers; one id, one answer."""
+    zones, addresses = big_zones(tmp_path)
+    zone = zones.by_labels[kind, "big"]
+    index = zone.files[0] if kind == "files" else zone.index
+    seen: dict[int, set[tuple[int, str]]] = {}
+    for address in addresses:
+        ip = ipaddress.ip_address(address)
+        if ip.version != 4:
+            continue
+        found, listings = index.listing_id(4, int(ip), NOW), index.lookup(4, int(ip), NOW)
+        if found == -1:
+            assert listings == (), address
+        elif found >= 0:
+            assert listings, address
+            seen.setdefault(found, set()).add(tuple(sorted((e.code, e.reason) for e in listings)))
+    assert len(seen) > 3 and all(len(answers) == 1 for answers in seen.values())
 
 
 # --- a real server ---------------------------------------------------------------------------------

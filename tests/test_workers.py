@@ -21,6 +21,7 @@ from conftest import Server, poll, rcode, run_cli, values
 from dnsbl_server.config import from_file
 from dnsbl_server.errors import ConfigError
 from dnsbl_server.querylog import _whole_lines
+from dnsbl_server.store import SMALL_IMPORT
 from dnsbl_server.workers import MAX_DEFAULT, default_count
 
 ZONE = "bl.example.org"
@@ -283,7 +284,8 @@ def test_a_bulk_import_forks_fresh_workers_from_the_parents_rebuild(servers, db,
     server = start(servers, "--db", str(db), "--workers", "2")
     old = set(workers_ready(server, 2).values())
     feed = tmp_path / "feed.ip4set"
-    feed.write_text("".join(f"10.1.{i // 256}.{i % 256}\n" for i in range(2000)))
+    # bigger than SMALL_IMPORT: a bulk change, which every process would otherwise rebuild on its own
+    feed.write_text("".join(f"10.1.{i // 256}.{i % 256}\n" for i in range(SMALL_IMPORT + 1000)))
     assert run_cli("import", "--zone", ZONE, str(feed), "--source", "feed", db=db).returncode == 0
     assert poll(lambda: children(server.proc.pid).isdisjoint(old) and len(children(server.proc.pid)) == 2)
     replies = burst(server, [name(f"10.1.{i // 256}.{i % 256}") for i in range(0, 2000, 10)])
