@@ -54,7 +54,7 @@ def test_churn_ran_and_answers_are_correct(report: subprocess.CompletedProcess[s
     churn = re.search(
         r"^churn during the hold: (\d+) dnsbl add, (\d+) dnsbl remove, one dnsbl import", out, re.M
     )
-    assert churn and int(churn.group(1)) >= 5 and int(churn.group(2)) >= 3, out
+    assert churn and int(churn.group(1)) >= 3 and int(churn.group(2)) >= 1, out  # one admin write a second
     assert "40 trap messages delivered (Maildir drained after: yes)" in out
     assert "write failed" not in out
     checks = dict(re.findall(r"^after: ([^:]+): (\d+/\d+) correct", out, re.M))

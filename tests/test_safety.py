@@ -190,7 +190,7 @@ def test_backup_while_the_server_and_a_writer_run_then_restore(db: Path, tmp_pat
         assert in_backup == set(writer.done[: len(in_backup)]), (in_backup, writer.done)
         assert 6 <= len(in_backup) < len(writer.done) or len(in_backup) == len(writer.done)
         assert server.proc.poll() is None  # the server answered on through it all
-        assert values(server.ask(qname(writer.done[-1])), "A") == ["127.0.0.7"]
+        assert poll(lambda: values(server.ask(qname(writer.done[-1])), "A") == ["127.0.0.7"], timeout=10)
     finally:
         writer.stop.set()
         server.close()

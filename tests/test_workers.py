@@ -176,9 +176,12 @@ def test_a_change_reaches_every_worker_at_once(servers, db):  # type: ignore[no-
     assert run_cli("add", "--zone", ZONE, "192.0.2.44", "--code", "5", db=db).returncode == 0
     added = time.monotonic()
     assert poll(lambda: values(server.ask(target), "A") == ["127.0.0.5"], timeout=10, interval=0.01)
-    assert time.monotonic() - added < 1.5  # generous: the promise is 1 s from commit
-    replies = burst(server, [target] * 200)  # every worker, each on many source ports
-    assert rcodes(replies) == ["NOERROR"] * 200  # never the old answer again
+    # every worker, each on many source ports: all of them serve it within the promise (1 s from the
+    # commit; generous here), and never the old answer again. Workers read the journal in one round but
+    # not at one instant, so a commit landing mid-round reaches the last of them one round (0.25 s) later.
+    assert poll(lambda: rcodes(burst(server, [target] * 200)) == ["NOERROR"] * 200, timeout=10, interval=0.01)
+    assert time.monotonic() - added < 1.5
+    assert rcodes(burst(server, [target] * 200)) == ["NOERROR"] * 200
 
 
 def test_sigterm_stops_every_process(servers, db):  # type: ignore[no-untyped-def]
