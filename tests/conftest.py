@@ -124,6 +124,21 @@ def serve(db: Path) -> Iterator[object]:
         server.close()
 
 
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    """Servers a test starts with `start`, closed after it."""
+    started: list[Server] = []
+    yield started
+    for server in started:
+        server.close()
+
+
+def start(servers: list[Server], *args: str) -> Server:
+    server = Server(list(args))
+    servers.append(server)
+    return server
+
+
 def poll(check, timeout: float = 10.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
     """Call `check` until it returns something true or the timeout passes; return the last result."""
     deadline = time.monotonic() + timeout

@@ -6,29 +6,13 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from conftest import Server, run_cli
+from conftest import Server, run_cli, start
 
 from dnsbl_server.health import Probe, judge, probes
 
 HEALTHY = re.compile(r"^(\S+): healthy \((.*); \d+ ms\)$")
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for server in started:
-        server.close()
-
-
-def start(servers: list[Server], *args: str) -> Server:
-    server = Server(list(args))
-    servers.append(server)
-    return server
 
 
 def health(server: Server | str, *args: str, db: Path | None = None):  # type: ignore[no-untyped-def]

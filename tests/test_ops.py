@@ -12,14 +12,14 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import dns.edns
 import dns.message
 import dns.query
 import dns.rdataclass
 import pytest
-from conftest import Server, poll, rcode, run_cli, values
+from conftest import Server, poll, rcode, run_cli, start, values
 
 from dnsbl_server import metrics
 from dnsbl_server.metrics_http import reply
@@ -27,20 +27,6 @@ from dnsbl_server.metrics_http import reply
 ZONE = "bl.example.org"
 METRICS = re.compile(r"metrics on (http://\S+)")
 SAMPLE = re.compile(r"^(\w+)(?:\{([^}]*)\})? (\S+)$", re.M)
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for server in started:
-        server.close()
-
-
-def start(servers: list[Server], *args: str) -> Server:
-    server = Server(list(args))
-    servers.append(server)
-    return server
 
 
 def name(ip: str, zone: str = ZONE) -> str:

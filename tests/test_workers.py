@@ -10,13 +10,12 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dns.message
 import dns.rcode
 import pytest
-from conftest import Server, poll, rcode, run_cli, values
+from conftest import Server, poll, rcode, run_cli, start, values
 
 from dnsbl_server.config import from_file
 from dnsbl_server.errors import ConfigError
@@ -28,20 +27,6 @@ ZONE = "bl.example.org"
 READY = re.compile(r"worker (\d+) answering \(pid (\d+)\)")
 ANSWERED = re.compile(r"queries answered since each worker started: (.*)")
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for server in started:
-        server.close()
-
-
-def start(servers: list[Server], *args: str) -> Server:
-    server = Server(list(args))
-    servers.append(server)
-    return server
 
 
 def name(ip: str, zone: str = ZONE) -> str:
