@@ -17,7 +17,7 @@ import dns.rcode
 import pytest
 from conftest import Server, poll, run_cli
 from rbldnsd import free_port
-from test_zonedump import NSD_ENTRIES, labels_of, seen
+from test_zonedump import NSD_ENTRIES, ask, labels_of, nsd_server, seen
 
 from dnsbl_server.addresses import parse_target
 
@@ -47,27 +47,8 @@ def nsd_config(folder: Path, nsd_port: int, primary_port: int, tsig: bool) -> Pa
         for zone in ZONES
     )
     config = folder / "nsd.conf"
-    config.write_text(
-        f"""server:
-  ip-address: 127.0.0.1@{nsd_port}
-  database: ""
-  username: ""
-  zonesdir: "{folder}"
-  pidfile: "{folder}/nsd.pid"
-  xfrdfile: "{folder}/xfrd.state"
-  xfrdir: "{folder}"
-  zonelistfile: "{folder}/zone.list"
-  logfile: "{folder}/nsd.log"
-  verbosity: 2
-remote-control:
-  control-enable: no
-{zones}"""
-    )
+    config.write_text(nsd_server(folder, nsd_port) + zones)
     return config
-
-
-def ask(port: int, name: str, rdtype: str) -> dns.message.Message:
-    return dns.query.udp(dns.message.make_query(name, rdtype), "127.0.0.1", port=port, timeout=3)
 
 
 def soa_serial(port: int, zone: str) -> int | None:

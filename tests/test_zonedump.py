@@ -348,10 +348,9 @@ NSD_ENTRIES = [
 ]
 
 
-def nsd_config(folder: Path, port: int, zone_file: Path) -> Path:
-    config = folder / "nsd.conf"
-    config.write_text(
-        f"""server:
+def nsd_server(folder: Path, port: int) -> str:
+    """nsd.conf's server part: everything in `folder`, on 127.0.0.1@port, no remote control."""
+    return f"""server:
   ip-address: 127.0.0.1@{port}
   database: ""
   username: ""
@@ -361,13 +360,15 @@ def nsd_config(folder: Path, port: int, zone_file: Path) -> Path:
   xfrdir: "{folder}"
   zonelistfile: "{folder}/zone.list"
   logfile: "{folder}/nsd.log"
+  verbosity: 2
 remote-control:
   control-enable: no
-zone:
-  name: "{ORIGIN}"
-  zonefile: "{zone_file}"
 """
-    )
+
+
+def nsd_config(folder: Path, port: int, zone_file: Path) -> Path:
+    config = folder / "nsd.conf"
+    config.write_text(nsd_server(folder, port) + f'zone:\n  name: "{ORIGIN}"\n  zonefile: "{zone_file}"\n')
     return config
 
 
