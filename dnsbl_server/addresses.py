@@ -186,6 +186,9 @@ def parse_address(text: str) -> tuple[int, int]:
 # --- codes, durations, dates ------------------------------------------------------------------
 
 LOOPBACK_NET = 127 << 24
+TEST_LISTED = 0x7F000002  # 127.0.0.2: always listed (RFC 5782)
+TEST_UNLISTED = 0x7F000001  # 127.0.0.1: never listed
+TXT_LIMIT = 254  # bytes of an expanded TXT rbldnsd serves at most (tried: 255 comes out as 254)
 
 
 def parse_code(text: str) -> int:

@@ -7,22 +7,25 @@ unreadable files, I/O). A DnsblError becomes one line on stderr and exit 2; a tr
 
 from __future__ import annotations
 
+import importlib
 import os
 import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
 from functools import wraps
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from . import __version__
-from .addresses import Target, format_target, parse_code, parse_duration, parse_target, parse_when
-from .config import Settings, from_file, resolve_db, zone_name
+from .addresses import TXT_LIMIT, Target, format_target, parse_code, parse_duration, parse_target, parse_when
 from .errors import DnsblError
-from .resolver import TXT_LIMIT
+from .names import resolve_db, zone_name
 from .store import Listing, Store
+
+if TYPE_CHECKING:  # `serve`'s alone, imported there: `dnsbl add` does not wait for the server's modules
+    from .config import Settings
 
 EXIT_OK, EXIT_NEGATIVE, EXIT_ERROR = 0, 1, 2
 
@@ -62,7 +65,41 @@ db_option = click.option(
 )
 
 
-@click.group()
+class Commands(click.Group):
+    """The commands of other modules are imported when asked for (they register themselves on `main`):
+    `dnsbl add` in a script's loop does not wait for the imports of the web site, the trap or the data
+    files. `--help` imports them all."""
+
+    MODULES = {  # command -> the module that defines it (tests/test_cli.py checks this table)
+        "check": "cli_admin",
+        "list": "cli_admin",
+        "stats": "cli_admin",
+        "expire": "cli_admin",
+        "allowlist": "cli_admin",
+        "import": "cli_files",
+        "export": "cli_files",
+        "zone-check": "cli_files",
+        "backup": "cli_backup",
+        "health": "cli_health",
+        "ingest": "cli_trap",
+        "trap-smtpd": "cli_smtpd",
+        "web": "cli_web",
+        "requests": "cli_web",
+    }
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = self.MODULES.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            importlib.import_module(f".{module}", __package__)
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        for module in sorted(set(self.MODULES.values())):
+            importlib.import_module(f".{module}", __package__)
+        return super().list_commands(ctx)
+
+
+@click.group(cls=Commands)
 @click.version_option(__version__, prog_name="dnsbl-server")
 def main() -> None:
     """dnsbl-server: a DNS blocklist server."""
@@ -243,6 +280,7 @@ def serve(
     """Answer DNSBL queries for the zones in the database and in rbldnsd data files (SPECS)."""
     from dataclasses import replace
 
+    from .config import Settings, from_file
     from .daemon import serve_forever
     from .datafiles import parse_spec
 
@@ -559,7 +597,3 @@ def explain_not_removed(store: Store, zone: str, target: Target) -> None:
         )
     else:
         click.echo(f"{format_target(target)}: no such entry in {zone}", err=True)
-
-
-# Commands in other modules register themselves on `main` when imported.
-from . import cli_admin, cli_backup, cli_files, cli_health, cli_smtpd, cli_trap, cli_web  # noqa: E402,F401

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .cli import db_option, guarded, main
-from .config import resolve_db
+from .names import resolve_db
 
 
 @main.command("backup")

@@ -17,8 +17,9 @@ import click
 
 from .addresses import parse_code, parse_when
 from .cli import check_source, db_option, guarded, main, open_store, pick_zone
-from .config import Settings, from_file, zone_name
+from .config import Settings, from_file
 from .errors import DnsblError
+from .names import zone_name
 
 if TYPE_CHECKING:
     from .imports import Batch

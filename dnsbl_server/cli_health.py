@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 import click
 
 from .cli import EXIT_ERROR, EXIT_NEGATIVE, EXIT_OK, db_option, guarded, main
-from .config import Settings, from_file, resolve_db, zone_name
+from .config import Settings, from_file
 from .errors import DnsblError
+from .names import resolve_db, zone_name
 
 if TYPE_CHECKING:
     from .health import Result

@@ -12,8 +12,9 @@ from typing import Any
 import click
 
 from .cli import check_source, db_option, guarded, main, open_store, pick_zone
-from .config import IngestSettings, from_file, resolve_db, zone_name
+from .config import IngestSettings, from_file
 from .errors import DnsblError
+from .names import resolve_db, zone_name
 
 
 @main.command()

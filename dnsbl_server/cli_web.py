@@ -14,8 +14,9 @@ import click
 
 from .addresses import format_time
 from .cli import EXIT_NEGATIVE, EXIT_OK, db_option, guarded, main, open_store
-from .config import Settings, from_file, resolve_db
+from .config import Settings, from_file
 from .errors import DnsblError
+from .names import resolve_db
 
 if TYPE_CHECKING:  # imported by the commands themselves: every other `dnsbl` command starts without them
     from .requests_store import Request, Requests

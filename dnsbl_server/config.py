@@ -7,12 +7,12 @@ config file's `db`, else DEFAULT_DB (its directory is created on first use).
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, TargetError
+from .names import default_db, zone_name
 from .rrl import RrlSettings
 from .tcplimits import TcpLimits
 from .ttl import NO_LIMITS, TtlLimits, parse_ttl
@@ -20,11 +20,6 @@ from .zone import ZoneSettings
 
 DEFAULT_LISTEN = "127.0.0.1:5300"  # loopback, unprivileged; not 5353 (mDNS)
 DEMO_ZONE = "bl.example.org"
-
-
-def default_db() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "dnsbl-server" / "dnsbl.sqlite"
 
 
 @dataclass(frozen=True)
@@ -98,22 +93,6 @@ class ExportSettings:
     interval: float = 300.0  # seconds between runs
     format: str = "combined"  # a `dnsbl export --format` other than csv
     zones: tuple[str, ...] = ()  # empty: every zone served from the database
-
-
-def resolve_db(cli_value: str | None, config_value: str | None = None) -> Path:
-    value = cli_value or os.environ.get("DNSBL_DB") or config_value
-    return Path(value).expanduser() if value else default_db()
-
-
-_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
-
-
-def zone_name(text: str) -> str:
-    """A zone name, lowercased, without the trailing dot; ConfigError if it is not a hostname."""
-    name = text.strip().lower().rstrip(".")
-    if not name or len(name) > 253 or not all(_LABEL.match(p) for p in name.split(".")):
-        raise ConfigError(f"invalid zone name {text!r}")
-    return name
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
+import os
 import signal
 import socket
 import time
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dnsbl.daemon")
 REFRESH_S = 0.25  # a change by another process is served within about this long
+SIDE_NICE = 10  # the trap/ops process runs below the workers (nice 10: ~1/10 of their CPU share)
 Sockets = list[tuple[socket.socket, socket.socket]]  # (UDP, TCP) per listen address, bound by the parent
 
 # Seeded into an empty database so a first `dnsbl serve` answers something real (documentation
@@ -201,10 +204,24 @@ def _become_user(settings: Settings) -> None:
     from .privileges import check_db, drop, parse_user
 
     user = parse_user(settings.user)
+    _import_ahead()
     drop(user)
     log.info("running as user %s (uid %d, gid %d)", user, user.uid, user.gid)
     if settings.use_db:
         check_db(settings.db, user)
+
+
+# Imported by the server only when needed (`dnsbl` starts light), so imported ahead of the drop: as --user
+# the Python installation itself may be unreadable (a pyenv under /root), and a later import would fail.
+_LATER = (
+    "cli_admin", "cli_backup", "cli_files", "cli_health", "cli_smtpd", "cli_trap", "cli_web",
+    "exporter", "metrics_http", "notify", "schedule", "xfrkeeper",
+)  # fmt: skip
+
+
+def _import_ahead() -> None:
+    for name in _LATER:
+        importlib.import_module(f".{name}", __package__)
 
 
 def _log_listening(bound: list[tuple[socket.socket, socket.socket, str]], holder: Holder) -> None:
@@ -295,6 +312,9 @@ def _flush(monitor: Monitor) -> None:
 
 
 def _run_trap(settings: Settings, sources: Sources, holder: Holder, channel: Channel) -> int:
+    # Batch work (trap mail, journal, export) yields the CPU to the workers answering queries: under
+    # full load it falls behind and catches up after; a query answered late reads as "not listed".
+    os.nice(SIDE_NICE)
     run_loop(_trap(settings, sources, holder, channel))
     return 0
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass, replace
 
 from .acl import Acl, AclParsed, read_acl
 from .compact import CompactIndex, Compiled, compact_of
-from .config import zone_name
 from .errors import ConfigError, DnsblError
 from .index import ZoneIndex
 from .nameindex import Combined, NameData, Part
+from .names import zone_name
 from .namesets import NAME_TYPES, CombinedParsed, NamesParsed, Section, read_combined, read_names
 from .snapshot import load_ip
 from .ttl import NO_LIMITS, TtlLimits, limit_ttls

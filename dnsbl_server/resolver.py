@@ -29,7 +29,17 @@ from dataclasses import replace
 from typing import NamedTuple
 
 from .acl import Action, Listed, Rule, decide, ignores
-from .addresses import MAPPED_BASE, V4_MAX, format_address, query_address, v4_prefix, v6_prefix
+from .addresses import (  # noqa: F401  (test points and TXT_LIMIT: imported from here elsewhere)
+    MAPPED_BASE,
+    TEST_LISTED,
+    TEST_UNLISTED,
+    TXT_LIMIT,
+    V4_MAX,
+    format_address,
+    query_address,
+    v4_prefix,
+    v6_prefix,
+)
 from .index import Entry, ZoneIndex
 from .nameindex import Combined, Labels, NameData, NameSet, Part
 from .zone import Zone, Zones
@@ -38,10 +48,6 @@ from .zone import Zone, Zones
 A, NS, SOA, MX, TXT, AAAA, ANY = 1, 2, 6, 15, 16, 28, 255
 IN, CH = 1, 3
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
-
-TEST_LISTED = 0x7F000002  # 127.0.0.2
-TEST_UNLISTED = 0x7F000001  # 127.0.0.1
-TXT_LIMIT = 254  # rbldnsd serves at most 254 bytes of an expanded text (tried: 255 comes out as 254)
 
 
 class Question(NamedTuple):

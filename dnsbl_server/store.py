@@ -32,13 +32,12 @@ if TYPE_CHECKING:  # kept out of start-up: `dnsbl check` must start fast
     from .imports import Row
     from .policy import Hit, Policy
 
-from .addresses import Target, format_address, format_target
+from .addresses import TEST_LISTED, TEST_UNLISTED, Target, format_address, format_target
 from .allowlist import Allowed, Allowlist
 from .dbfile import explain, is_disk_error, quick_check, require_writable_folder
 from .errors import StoreError
 from .index import Entry
 from .migrations import ENCLOSING_INDEX, enclosing, migrate
-from .resolver import TEST_LISTED, TEST_UNLISTED
 
 BUSY_TIMEOUT_S = 30.0
 COALESCE_S = 5.0  # at most one serial change per this many seconds from trap hits

@@ -66,6 +66,9 @@ log = logging.getLogger("dnsbl.workers")
 
 MAX_DEFAULT = 4  # the default never starts more workers than this, whatever the CPU count
 REFRESH_S = 0.25  # how often workers are told to follow the change journal
+# How often the parent follows it: only for the workers it will fork, which catch up with the journal
+# before they answer; each follow costs every process the same work, CPU the workers need under load.
+PARENT_REFRESH_S = 2.0
 ROUND_S = 5.0  # the longest wait for every worker's build; then those that built swap anyway
 COLLECT_S = 2.0  # the longest wait for every worker's counts before a stats line or report
 STOP_S = 10.0  # how long stopping children get before SIGKILL
@@ -141,6 +144,7 @@ class Supervisor:
         self.files_due = False
         now = time.monotonic()
         self.next_tick = now + REFRESH_S
+        self.next_refresh = now + PARENT_REFRESH_S
         self.next_files = now + plan.check_interval
         self.next_stats = now + plan.check_interval
         self.stopping: float | None = None  # the SIGKILL deadline, once stopping
@@ -364,6 +368,9 @@ class Supervisor:
             self.round = Round(self.ids, told, now + ROUND_S)
         if self.refreshing is None and not any(when <= now for when in self.pending.values()):
             files_due = self.files_due or (self.plan.check_interval > 0 and now >= self.next_files)
+            if not files_due and now < self.next_refresh:
+                return
+            self.next_refresh = now + PARENT_REFRESH_S
             if files_due:
                 self.files_due = False
                 self.next_files = now + self.plan.check_interval

@@ -107,3 +107,60 @@ def test_unreadable_config_is_an_error(db: Path, tmp_path: Path) -> None:
     bad.write_text("listen = ['nope']\n")
     result = run_cli("serve", "--config", str(bad), db=db)
     assert result.returncode == 2 and "nope" in result.stderr
+
+
+def test_every_command_is_where_the_lazy_table_says() -> None:
+    """`Commands.MODULES` names the module that registers each command; `--help` lists them all."""
+    import subprocess
+    import sys
+
+    listing = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from dnsbl_server.cli import main, Commands\n"
+            "import click\n"
+            "names = main.list_commands(click.Context(main))\n"
+            "for name in names:\n"
+            "    print(name, main.commands[name].callback.__module__, Commands.MODULES.get(name, 'cli'))\n",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    rows = [line.split() for line in listing if line]
+    assert {"add", "serve", "check", "import", "web", "trap-smtpd", "backup", "health"} <= {
+        r[0] for r in rows
+    }
+    for name, defined_in, table in rows:
+        assert defined_in == f"dnsbl_server.{table}", name
+
+
+def test_an_admin_write_does_not_import_the_server(db: Path) -> None:
+    """`dnsbl add` in a script's loop starts without the server, web, trap or data-file modules."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from dnsbl_server.cli import main\n"
+        f"try:\n    main(['add', '--db', {str(db)!r}, '--zone', {ZONE!r}, '--reason', 'r $', '192.0.2.9'])\n"
+        "except SystemExit:\n    pass\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('dnsbl_server'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(done.stdout.split("\n")[-2].split())
+    assert "1 entry written" in done.stdout
+    assert "dnsbl_server.store" in loaded
+    heavy = {
+        "config",
+        "daemon",
+        "server",
+        "resolver",
+        "cli_web",
+        "cli_files",
+        "cli_trap",
+        "datafiles",
+        "zone",
+    }
+    assert not loaded & {f"dnsbl_server.{m}" for m in heavy}

@@ -231,12 +231,22 @@ def test_the_trap_runs_in_one_process(servers, db, tmp_path):  # type: ignore[no
         '[ingest.smtpd]\nlisten = ["127.0.0.1:0"]\ntrap_domains = ["trap.example.org"]\n'
     )
     server = start(servers, "--config", str(config), "--workers", "2")
-    workers_ready(server, 2)
+    workers = workers_ready(server, 2)
     assert poll(lambda: "trap 0 answering" in server.log), server.log
     assert server.log.count("trap smtpd listening on") == 1
     assert server.log.count("trap ingester: listing into") == 1
     assert len(children(server.proc.pid)) == 3  # two workers and the trap
+    # batch work yields the CPU to the answers: the trap process runs niced, the workers do not
+    trap = re.search(r"trap 0 answering \(pid (\d+)\)", server.log)
+    assert trap is not None
+    assert niceness(int(trap[1])) == 10
+    assert {niceness(pid) for pid in workers.values()} == {niceness(server.proc.pid)} == {0}
     assert server.stop() == 0
+
+
+def niceness(pid: int) -> int:
+    """The nice value the kernel holds for `pid` (/proc/PID/stat, field 19)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
 def test_children_die_with_the_parent(servers, db):  # type: ignore[no-untyped-def]

@@ -2,7 +2,7 @@
 returns this), and the extra facts the page shows: what each code means, when the listing expires, the
 first and last trap hit and the hits by kind.
 
-The DNS decision is `cli_admin.check_zone`'s (the resolver asked as the DNS would be), so the page, the
+The DNS decision is `checks.check_zone`'s (the resolver asked as the DNS would be), so the page, the
 API and `dnsbl check` cannot disagree; only the evidence is replaced by the publishable one
 (requests_store.evidence: no trap addresses, no spool paths).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..addresses import format_address, format_time
-from ..cli_admin import check_zone
+from ..checks import check_zone
 from ..delisting import Query
 from ..policy import Policy
 from ..requests_store import evidence, hit_summary
