@@ -19,6 +19,7 @@ import contextlib
 import importlib
 import logging
 import os
+import pkgutil
 import signal
 import socket
 import time
@@ -211,17 +212,24 @@ def _become_user(settings: Settings) -> None:
         check_db(settings.db, user)
 
 
-# Imported by the server only when needed (`dnsbl` starts light), so imported ahead of the drop: as --user
-# the Python installation itself may be unreadable (a pyenv under /root), and a later import would fail.
-_LATER = (
-    "cli_admin", "cli_backup", "cli_files", "cli_health", "cli_smtpd", "cli_trap", "cli_web",
-    "exporter", "metrics_http", "notify", "schedule", "xfrkeeper",
-)  # fmt: skip
+# Modules the server imports only when first needed (the trap's scheduler, a transfer's zone dump, a
+# codec), imported ahead of the drop to --user: the Python installation itself may be unreadable by that
+# user (a pyenv under /root), and a later import would fail there. The web site (Flask) is not served.
+_ALSO = (
+    "apscheduler.schedulers.asyncio",
+    "apscheduler.triggers.interval",
+    "encodings.ascii",
+    "encodings.idna",
+)
 
 
 def _import_ahead() -> None:
-    for name in _LATER:
-        importlib.import_module(f".{name}", __package__)
+    package = importlib.import_module(__package__ or "dnsbl_server")
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name not in ("web", "__main__"):
+            importlib.import_module(f"{package.__name__}.{module.name}")
+    for name in _ALSO:
+        importlib.import_module(name)
 
 
 def _log_listening(bound: list[tuple[socket.socket, socket.socket, str]], holder: Holder) -> None:

@@ -172,3 +172,30 @@ def test_port_53_bound_as_root_then_served_as_nobody(servers, home):  # type: ig
     assert values(reply, "A") == ["127.0.0.2"]
     for pid in {server.proc.pid} | children(server.proc.pid):
         assert ids(pid)["Uid"] == [NOBODY.pw_uid] * 4
+
+
+def test_the_trap_and_transfers_work_as_the_user(servers, home):  # type: ignore[no-untyped-def]
+    """What the trap/ops process imports only when first needed (the scheduler, the zone dump for a
+    transfer) is there after the drop, even from a Python installation the user cannot read."""
+    db = home / "data" / "list.sqlite"
+    assert run_cli("add", "--zone", ZONE, "192.0.2.7", db=db).returncode == 0
+    maildir = home / "data" / "Maildir"
+    for sub in ("tmp", "new", "cur"):
+        (maildir / sub).mkdir(parents=True)
+    bounce = Path(__file__).parent / "data" / "bounces" / "bounce_email" / "bounces" / "tt_bounce_03.txt"
+    shutil.copy(bounce, maildir / "new" / "1.trap")  # its relay (LABELS.tsv): 80.232.168.212
+    for path in [*home.joinpath("data").rglob("*")]:
+        os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)
+    conf = home / "dnsbl.toml"
+    conf.write_text(f'[ingest]\nzone = "{ZONE}"\ninterval = "1s"\nmaildirs = ["{maildir}"]\n')
+    server = Server(
+        ["--db", str(db), "--config", str(conf), "--user", "nobody", "--workers", "2",
+         "--allow-transfer", "127.0.0.1/32"]
+    )  # fmt: skip
+    servers.append(server)
+    listed = poll(lambda: values(server.ask(name("80.232.168.212")), "A") == ["127.0.0.2"], timeout=30)
+    assert listed, server.log
+    axfr = dns.query.xfr(server.host, ZONE, port=server.port, timeout=10)
+    owners = {str(rr.name) for message in axfr for rr in message.answer}
+    assert {"7.2.0.192", "212.168.232.80"} <= owners, owners  # (relative to the zone) the add and the trap's
+    assert "Traceback" not in server.log, server.log
