@@ -133,7 +133,8 @@ def parse_stats(line: str) -> tuple[int, dict[str, list[int]]]:
 def send_stats_queries(port: int, *, ours: bool) -> dict[str, list[int]]:
     """The stats queries; per zone (and `*`): total, ok, nxd, bytes in, bytes out as the client saw them."""
     seen: dict[str, list[int]] = {}
-    for query, zone in STATS_QUERIES:
+
+    def ask(query: bytes, zone: str | None) -> None:
         answer = exchange(port, query)
         rc = answer[3] & 0xF
         for key in (zone, "*") if zone else ("*",):
@@ -143,9 +144,15 @@ def send_stats_queries(port: int, *, ours: bool) -> dict[str, list[int]]:
             counts[2] += rc == 3
             counts[3] += len(query)
             counts[4] += len(answer)
+
+    for query, zone in STATS_QUERIES:
+        ask(query, zone)
     exchange(port, SHORT_PACKET, reply=ours)  # we answer FORMERR; rbldnsd drops it; both count it
     seen["*"][0] += 1
     seen["*"][3] += len(SHORT_PACKET)
+    # rbldnsd sends nothing back for it: one more answered query shows it has read the packet before
+    # the counters are read (one socket, read in order), else a quick stop could miss it
+    ask(*STATS_QUERIES[0])
     return seen
 
 
