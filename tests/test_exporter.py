@@ -38,14 +38,6 @@ ASKED = [
 ]  # fmt: skip
 
 
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for server in started:
-        server.close()
-
-
 def fill(db: Path) -> None:
     for target, code, reason in ENTRIES:
         args = (

@@ -21,6 +21,7 @@ import pytest
 from conftest import Server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_wire import mutate
 
 pytestmark = pytest.mark.slow
 
@@ -284,21 +285,6 @@ SEEDS = [
     header(ns=1) + ZONE + b"\x00\xfb\x00\x01" + SOA_RR,  # IXFR
     header() + b"\x07version\x04bind\x00\x00\x10\x00\x03",  # CHAOS TXT version.bind
 ]
-
-
-def mutate(seed: bytes, edits: list[tuple[int, int, int]]) -> bytes:
-    data = bytearray(seed)
-    for kind, position, value in edits:
-        where = position % (len(data) + 1)
-        if kind == 0:
-            data[where : where + 1] = bytes([value])
-        elif kind == 1:
-            data.insert(where, value)
-        elif kind == 2:
-            del data[where : where + 1]
-        else:
-            del data[where:]
-    return bytes(data)
 
 
 EDITS = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 200), st.integers(0, 255)), max_size=6)

@@ -42,14 +42,6 @@ def home() -> Iterator[Path]:
     shutil.rmtree(top, ignore_errors=True)
 
 
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for server in started:
-        server.close()
-
-
 def ids(pid: int) -> dict[str, list[int]]:
     """Uid, Gid (real, effective, saved, filesystem) and Groups of a live process, from the kernel."""
     found = {}

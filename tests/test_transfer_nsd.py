@@ -4,7 +4,6 @@ zone (AXFR), answers as our server does, takes a `dnsbl add` and an expiry by IX
 
 from __future__ import annotations
 
-import random
 import shutil
 import subprocess
 import time
@@ -17,9 +16,7 @@ import dns.rcode
 import pytest
 from conftest import Server, poll, run_cli
 from rbldnsd import free_port
-from test_zonedump import NSD_ENTRIES, ask, labels_of, nsd_server, seen
-
-from dnsbl_server.addresses import parse_target
+from test_zonedump import NSD_ENTRIES, ask, differences, nsd_server, seen
 
 ZONES = {
     "bl.test": NSD_ENTRIES,
@@ -83,21 +80,6 @@ def secondary(tmp_path: Path, db: Path, request):  # type: ignore[no-untyped-def
         proc.terminate()
         proc.wait(timeout=10)
         ours.close()
-
-
-def differences(ours: Server, port: int, zone: str, entries: list[tuple[str, str, str]]) -> list[str]:
-    spans = [parse_target(t.lstrip("!")) for t, _, _ in entries] + [parse_target("127.0.0.1-127.0.0.2")]
-    differ = []
-    for t in spans:
-        rng = random.Random(t.lo)
-        around = {t.lo, t.hi, t.lo - 1, t.hi + 1, rng.randint(t.lo, t.hi)}
-        for address in sorted(around):
-            name = ".".join(reversed(labels_of(t.family, address))) + "." + zone
-            a = seen(ours.ask(name, "A"))[0], seen(ask(port, name, "A"))[0]
-            txt = seen(ours.ask(name, "TXT"))[1], seen(ask(port, name, "TXT"))[1]
-            if a[0] != a[1] or (address == t.lo == t.hi and txt[0] != txt[1]):
-                differ.append(f"{name}: dnsbl serve {a[0]} {txt[0]}, nsd {a[1]} {txt[1]}")
-    return differ
 
 
 def test_nsd_as_a_secondary_transfers_every_zone_and_follows_changes(secondary) -> None:  # type: ignore[no-untyped-def]
