@@ -1,4 +1,5 @@
-"""The asyncio adapters: UDP and TCP sockets in, `fastpath` or else `wire.respond` out. No DNS decisions here.
+"""The asyncio adapters: UDP (in batches, `udpbatch`) and TCP sockets in, `fastpath` or else `wire.respond`
+out. No DNS decisions here.
 
 Rules: a packet never kills the server (an unexpected error is logged, answered SERVFAIL and counted);
 TCP carries many queries per connection, answered in order; `tcplimits` decides who may connect and
@@ -14,9 +15,9 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from . import wire
+from . import udpbatch, wire
 from .acl import client_address
 from .config import parse_listen
 from .errors import ConfigError
@@ -53,6 +54,12 @@ class Counters:
     latency: Latency = field(default_factory=Latency)  # one query in metrics.SAMPLE, timed
     rrl_dropped: int = 0  # UDP answers not sent: over a rate limit (rrl.py)
     rrl_slipped: int = 0  # UDP answers sent truncated instead: over a rate limit, every slip-th
+
+
+class Closer(Protocol):
+    """What `attach` returns: a way to stop serving a socket."""
+
+    def close(self) -> None: ...
 
 
 class Holder:
@@ -167,6 +174,12 @@ class UdpProtocol(asyncio.DatagramProtocol):
             transport.max_size = wire.TCP_MAX  # type: ignore[attr-defined]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        reply = self.reply(data, addr)
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+    def reply(self, data: bytes, addr: tuple[Any, ...]) -> bytes | None:
+        """What to send back for one datagram from `addr`, after rate limiting; None for nothing."""
         counters = self.counters
         counters.udp += 1
         started = 0.0 if counters.udp & SAMPLE_MASK else _perf_counter()  # one query in metrics.SAMPLE
@@ -183,10 +196,9 @@ class UdpProtocol(asyncio.DatagramProtocol):
                 else:
                     counters.rrl_slipped += 1
                 reply = sent
-        if reply is not None and self.transport is not None:
-            self.transport.sendto(reply, addr)
         if started:
             counters.latency.observe(_perf_counter() - started)
+        return reply
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp error: %s", exc)
@@ -384,16 +396,21 @@ def _bound(family: int, kind: int, address: tuple[Any, ...]) -> socket.socket:
 
 
 async def attach(
-    handler: Handler, udp: socket.socket, tcp: socket.socket
-) -> list[asyncio.BaseTransport | asyncio.Server]:
-    """Serve sockets from `bind` on the running loop. Returns what to close."""
+    handler: Handler, udp: socket.socket, tcp: socket.socket, *, batch: bool | None = None
+) -> list[Closer]:
+    """Serve sockets from `bind` on the running loop. Returns what to close. UDP is read in batches
+    (`udpbatch`) where the system can, unless `batch` is False; else by the loop's datagram endpoint."""
     loop = asyncio.get_running_loop()
-    transport, _proto = await loop.create_datagram_endpoint(lambda: UdpProtocol(handler), sock=udp)
+    protocol = UdpProtocol(handler)
+    if udpbatch.available() if batch is None else batch:
+        datagrams: Closer = udpbatch.BatchReader(udp, protocol.reply)
+    else:
+        datagrams, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=udp)
     server = await loop.create_server(lambda: TcpProtocol(handler), sock=tcp, backlog=BACKLOG)
-    return [transport, server]
+    return [datagrams, server]
 
 
-async def listen(handler: Handler, spec: str) -> tuple[list[asyncio.BaseTransport | asyncio.Server], str]:
+async def listen(handler: Handler, spec: str) -> tuple[list[Closer], str]:
     """Bind UDP and TCP on one address and serve them here. Returns what to close, and the address."""
     udp, tcp, shown = bind(spec)
     return await attach(handler, udp, tcp), shown

@@ -108,14 +108,16 @@ def free_port() -> int:
 
 
 def pss_kib(pid: int) -> int:
-    """PSS of the process and its children, in KiB."""
-    total = 0
-    with open(f"/proc/{pid}/smaps_rollup") as rollup:
-        total += next(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            total += pss_kib(int(child))
-    return total
+    """PSS of the process and its children, in KiB; a child that exits while it is read counts 0."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            total = next(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
+        children = [
+            c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()
+        ]
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    return total + sum(pss_kib(int(child)) for child in children)
 
 
 def measure(command: Callable[[int], list[str]], probe: int, env: dict[str, str]) -> tuple[float, float]:
