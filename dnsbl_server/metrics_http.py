@@ -101,7 +101,7 @@ class DnsblCollector(Collector):
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
         return HistogramMetricFamily(
             "dnsbl_query_latency_seconds",
-            "Time to answer a query, from its arrival on the socket to the reply handed to it "
+            "Time a worker takes to answer a query, from reading it to its reply ready to send "
             "(one query in 16 sampled)",
             buckets=buckets,
             sum_value=latency.total,

@@ -24,6 +24,7 @@ import errno
 import logging
 import mmap
 import socket
+import sys
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -88,10 +89,10 @@ def available() -> bool:
 
 def peer(raw: bytes) -> tuple[Any, ...]:
     """A sockaddr as the socket module gives it: (host, port) for IPv4, (host, port, flowinfo,
-    scope_id) for IPv6."""
+    scope_id) for IPv6. The family and the scope are in the host's byte order, the rest in network order."""
     port = int.from_bytes(raw[2:4], "big")
-    if len(raw) >= 24 and int.from_bytes(raw[0:2], "little") == socket.AF_INET6:
-        flow, scope = int.from_bytes(raw[4:8], "big"), int.from_bytes(raw[24:28], "little")
+    if len(raw) >= NAME and int.from_bytes(raw[0:2], sys.byteorder) == socket.AF_INET6:
+        flow, scope = int.from_bytes(raw[4:8], "big"), int.from_bytes(raw[24:28], sys.byteorder)
         return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, flow, scope
     return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
 
