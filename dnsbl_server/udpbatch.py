@@ -7,9 +7,10 @@ they came. Answering stays in `server.UdpProtocol.reply`, the same for both ways
 
 Rules: the socket is read only while the loop says it is readable, and at most ROUNDS batches at a time,
 so TCP and timers get their turn. A query whose answering raises is logged and dropped, and the rest of
-its batch is answered. An answer the kernel will not take now (a full send buffer) is dropped, as a
-datagram endpoint drops it. Where libc has no recvmmsg (not Linux), `available()` is False and the
-server uses the event loop's datagram endpoint.
+its batch is answered. Answers the kernel will not take now (a full send buffer) are dropped, as
+rbldnsd drops them, and the resolver asks again (the loop's datagram endpoint would queue them in
+memory). Where libc has no recvmmsg (not Linux), `available()` is False and the server uses the event
+loop's datagram endpoint.
 
 The buffers are anonymous mmaps: a slot per datagram of the largest size UDP carries, but only the pages
 a datagram touches become memory.
@@ -99,11 +100,11 @@ def peer(raw: bytes) -> tuple[Any, ...]:
 
 class _Headers:
     """BATCH mmsghdrs, each with one iovec onto its own SLOT of `buffer` and, if `names`, a NAME-byte
-    peer address of its own."""
+    peer address of its own (the outgoing headers point at the incoming ones' peers instead)."""
 
     def __init__(self, names: bool) -> None:
         self.buffer = mmap.mmap(-1, BATCH * SLOT)
-        self.names = mmap.mmap(-1, BATCH * NAME)
+        self.names = mmap.mmap(-1, BATCH * NAME if names else 1)
         self.iovs = (_Iovec * BATCH)()
         self.headers = (_Mmsghdr * BATCH)()
         data, name = _address(self.buffer), _address(self.names)
@@ -191,7 +192,7 @@ class BatchReader:
 
     def _flush(self, count: int) -> None:
         """Sends the first `count` outgoing datagrams; skips one the kernel refuses (a peer address
-        it will not send to), drops the rest if the send buffer is full."""
+        it will not send to, a datagram too big), drops the rest if the send buffer is full."""
         start = 0
         while start < count:
             sent = self._send(
