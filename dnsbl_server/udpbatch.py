@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import errno
 import logging
 import mmap
@@ -74,7 +73,8 @@ def _calls() -> tuple[Any, Any] | None:
     if ctypes.sizeof(ctypes.c_void_p) != 8 or ctypes.sizeof(_Mmsghdr) % 8:
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        # the process's own symbols, libc's among them: no library search (find_library runs ldconfig)
+        libc = ctypes.CDLL(None, use_errno=True)
         recv, send = libc.recvmmsg, libc.sendmmsg
     except (OSError, AttributeError):
         return None
