@@ -90,7 +90,8 @@ def available() -> bool:
 
 def peer(raw: bytes) -> tuple[Any, ...]:
     """A sockaddr as the socket module gives it: (host, port) for IPv4, (host, port, flowinfo,
-    scope_id) for IPv6. The family and the scope are in the host's byte order, the rest in network order."""
+    scope_id) for IPv6, but a link-local host without its "%interface" (which `client_address` drops
+    anyway). The family and the scope are in the host's byte order, the rest in network order."""
     port = int.from_bytes(raw[2:4], "big")
     if len(raw) >= NAME and int.from_bytes(raw[0:2], sys.byteorder) == socket.AF_INET6:
         flow, scope = int.from_bytes(raw[4:8], "big"), int.from_bytes(raw[24:28], sys.byteorder)
