@@ -36,7 +36,7 @@ ROUNDS = 4  # batches read per readable event before the loop runs other work
 SLOT = 65536  # bytes per datagram buffer: any UDP payload fits, so none is ever cut short
 NAME = 28  # bytes per peer address: a sockaddr_in6, the larger of the two families
 ADDRESSES = 4096  # peer addresses kept decoded, then forgotten all at once
-MSG_DONTWAIT = 0x40
+MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0x40)  # Linux's value where the socket module has none
 _AGAIN = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR}
 
 Answer = Callable[[bytes, tuple[Any, ...]], "bytes | None"]
@@ -59,7 +59,7 @@ class _Mmsghdr(ctypes.Structure):
 
 
 # The headers are read and written through a memoryview of 32-bit words (faster than ctypes fields):
-# these are the word offsets of the fields used per datagram, checked against ctypes at import.
+# these are the word offsets of the fields used per datagram, taken from the ctypes layout above.
 _WORDS = ctypes.sizeof(_Mmsghdr) // 4
 _NAMELEN = _Msghdr.namelen.offset // 4
 _LEN = _Mmsghdr.len.offset // 4
