@@ -150,6 +150,7 @@ QUERIES = [
         for opt in (None, opt_record(), opt_record(payload=512, do=True))
     )
 ] + [b"", b"\x00" * 11, b"\xff" * 40]  # too short: dropped; garbage: FORMERR or dropped
+BAD = 3  # the last three: not every one is answered, so they are asked last and waited for briefly
 
 
 def test_both_ways_in_answer_alike() -> None:
@@ -161,9 +162,9 @@ def test_both_ways_in_answer_alike() -> None:
 
         def ask() -> list[bytes | None]:
             client = sender(socket.AF_INET, "127.0.0.1")
-            client.settimeout(0.5)
             out: list[bytes | None] = []
-            for query in QUERIES:
+            for n, query in enumerate(QUERIES):
+                client.settimeout(10 if n < len(QUERIES) - BAD else 0.5)  # a late reply would shift the rest
                 client.sendto(query, address)
                 try:
                     out.append(client.recv(65535))
@@ -184,4 +185,4 @@ def test_both_ways_in_answer_alike() -> None:
 
     batched, endpoint = replies(True), replies(False)
     assert batched == endpoint
-    assert sum(r is not None for r in batched) >= len(QUERIES) - 3  # every real query answered
+    assert all(r is not None for r in batched[:-BAD])  # every real query answered
