@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from itertools import chain, pairwise
 
 from . import zonedump
-from .addresses import V4_MAX, V6_MAX, cidr_prefix, format_address, format_time
+from .addresses import TEST_LISTED, TEST_UNLISTED, V4_MAX, V6_MAX, cidr_prefix, format_address, format_time
 from .errors import DnsblError
 from .imports import CSV_COLUMNS
 from .index import Entry
-from .resolver import TEST_LISTED, TEST_UNLISTED, listings_for
+from .resolver import listings_for
 from .zone import Zone
 from .zonefile import cidr_blocks
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
-from .addresses import MAPPED_BASE, V4_MAX, format_address
+from .addresses import MAPPED_BASE, TEST_LISTED, TEST_UNLISTED, TXT_LIMIT, V4_MAX, format_address
 from .compact import CompactIndex
 from .index import LOOK, Entry
 from .resolver import (
@@ -45,10 +45,7 @@ from .resolver import (
     NS,
     NXDOMAIN,
     SOA,
-    TEST_LISTED,
-    TEST_UNLISTED,
     TXT,
-    TXT_LIMIT,
     A,
     Soa,
     expand,

@@ -29,7 +29,7 @@ from dataclasses import replace
 from typing import NamedTuple
 
 from .acl import Action, Listed, Rule, decide, ignores
-from .addresses import (  # noqa: F401  (test points and TXT_LIMIT: imported from here elsewhere)
+from .addresses import (
     MAPPED_BASE,
     TEST_LISTED,
     TEST_UNLISTED,

@@ -23,10 +23,10 @@ from collections.abc import Iterable, Iterator
 from functools import cache
 from typing import NamedTuple
 
-from .addresses import format_address
+from .addresses import TEST_LISTED, TEST_UNLISTED, format_address
 from .compact import CompactIndex, Ranges
 from .index import Entry, ZoneIndex
-from .resolver import TEST_LISTED, TEST_UNLISTED, expand, listings_for
+from .resolver import expand, listings_for
 from .segments import Segments
 from .zone import Zone
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import Server, run_cli
 from rbldnsd import Rbldnsd, boundary_addresses, compare, qname
 
-from dnsbl_server.resolver import TEST_LISTED, TEST_UNLISTED
+from dnsbl_server.addresses import TEST_LISTED, TEST_UNLISTED
 from dnsbl_server.zonefile import read_dataset
 
 ZONE = "bl.example.org"
