@@ -133,7 +133,8 @@ def test_a_full_disk_keeps_the_old_file_and_the_next_run_retries(servers, db, tm
     out = tiny_disk / "export"
     server = start(servers, db, config(tmp_path, out), "1")
     exported = out / f"{ZONE}.combined"
-    assert poll(exported.exists, timeout=15), server.log
+    # the first run is over once its status is written too (after the file): only then fill the disk
+    assert poll(lambda: (out / STATUS).exists(), timeout=15), server.log
     old = exported.read_text()
     filler = tiny_disk / "filler"
     with open(filler, "wb", buffering=0) as handle, contextlib.suppress(OSError):  # to the last block
