@@ -18,6 +18,8 @@ pytestmark = pytest.mark.slow
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
+from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SHOTS = Path(__file__).parent / "screenshots"
@@ -34,6 +36,7 @@ def browser() -> Iterator[Any]:
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
     driver.set_page_load_timeout(30)
+    driver.implicitly_wait(10)  # find_element retries until the element is there (the page may be loading)
     yield driver
     driver.quit()
 
@@ -43,6 +46,14 @@ def site(listed_db: Path, tmp_path: Path) -> Iterator[WebServer]:  # noqa: F811 
     server = WebServer(listed_db, write_config(tmp_path / "web.toml", token=TOKEN))
     yield server
     server.close()
+
+
+def leaving(driver: Any, action: Any) -> None:
+    """Do `action` (a click or submit that loads a new page) and wait until the old page is gone:
+    neither waits for the navigation, and the old page's elements would answer find_element meanwhile."""
+    old = driver.find_element(By.TAG_NAME, "html")
+    action()
+    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old))
 
 
 def shot(driver: Any, name: str) -> None:
@@ -56,7 +67,7 @@ def test_lookup_request_and_plots_in_a_browser(browser: Any, site: WebServer, li
     box = browser.find_element(By.ID, "ip")
     box.send_keys("203.0.113.9")
     shot(browser, "1-home")
-    box.submit()
+    leaving(browser, box.submit)
     verdict = browser.find_element(By.CSS_SELECTOR, "section.address .verdict")
     assert verdict.text == "LISTED"
     assert browser.find_element(By.CSS_SELECTOR, "td.first-hit").text == "2026-11-20T10:00:00Z"
@@ -66,12 +77,12 @@ def test_lookup_request_and_plots_in_a_browser(browser: Any, site: WebServer, li
     assert color in ("rgba(176, 58, 46, 1)", "rgb(176, 58, 46)"), color
     shot(browser, "2-lookup-listed")
 
-    browser.find_element(By.CSS_SELECTOR, "a.delist").click()
+    leaving(browser, browser.find_element(By.CSS_SELECTOR, "a.delist").click)
     assert browser.find_element(By.ID, "ip").get_attribute("value") == "203.0.113.9"
     browser.find_element(By.ID, "email").send_keys("postmaster@relay.example.net")
     browser.find_element(By.ID, "reason").send_keys("Fixed: we reject at SMTP time now. <b>really</b>")
     shot(browser, "3-request-form")
-    browser.find_element(By.CSS_SELECTOR, "#delist button").click()
+    leaving(browser, browser.find_element(By.CSS_SELECTOR, "#delist button").click)
     assert "Request #1 to delist 203.0.113.9" in browser.find_element(By.CSS_SELECTOR, "p.ok").text
     shot(browser, "4-request-sent")
     assert [r["reason"] for r in requests_json(listed_db)] == [
