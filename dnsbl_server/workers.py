@@ -15,7 +15,9 @@ Rules:
   sockets, so what arrives while a worker restarts waits for the others.
 - Every REFRESH_S the workers follow the change journal in two phases, `follow` then `swap` once all
   have built: they serve a change at the same moment, not up to REFRESH_S apart, so a client asking
-  twice never sees the new answer and then the old.
+  twice does not see the new answer and then the old. Not quite never: each reads the journal as it
+  is when its own read starts, so a commit landing between two workers' reads (milliseconds apart,
+  more on a loaded machine) reaches one of them a round (REFRESH_S) before the other.
 - Data files are the parent's alone: it reloads them (one reload, one log line, one serial bump), then
   forks fresh workers from its new data, so that stays shared too; each old worker answers until its
   replacement is ready. The same after a bulk change to the SQLite list, which every process rebuilds
