@@ -402,7 +402,8 @@ async def attach(
     (`udpbatch`) where the system can, unless `batch` is False; else by the loop's datagram endpoint."""
     loop = asyncio.get_running_loop()
     protocol = UdpProtocol(handler)
-    if udpbatch.available() if batch is None else batch:
+    batches = udpbatch.available() if batch is None else batch
+    if batches:
         datagrams: Closer = udpbatch.BatchReader(udp, protocol.reply)
     else:
         datagrams, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=udp)

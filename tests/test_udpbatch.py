@@ -21,10 +21,10 @@ from test_fastpath import LISTED, address_labels, handler, message, opt_record, 
 from dnsbl_server import udpbatch
 from dnsbl_server.loop import run
 from dnsbl_server.server import attach, bind
+from dnsbl_server.udpbatch import Answer
 
 # Linux always has recvmmsg: skipping on `available()` would hide the batches being off by mistake
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="recvmmsg is Linux's")
-Answer = Callable[[bytes, tuple[Any, ...]], "bytes | None"]
 
 
 Sends = Callable[[tuple[Any, ...]], list[socket.socket]]
